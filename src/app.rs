@@ -1,0 +1,49 @@
+//! Wiring and the order of shutdown; no business rule lives here.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::live::{self, Hub};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::store::keys::PARTITIONS;
+
+/// How long open connections and background tasks get to finish once draining starts.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` is cancelled, then drains: streams get a randomized `retry:` and close,
+/// the listener stops, background tasks stop.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let store = Store::new(&config.redis_url, config.retention, config.max_per_member).context("invalid REDIS_URL")?;
+    let hub = Hub::new(metrics.clone());
+
+    let tasks = TaskTracker::new();
+    // A standalone Redis serves every partition: one reader, one blocking XREAD over all of them.
+    tasks.spawn(live::run_reader(store.clone(), hub.clone(), metrics.clone(), (0..PARTITIONS).collect(), shutdown.clone()));
+
+    let state = AppState { config: Arc::new(config), store, live: hub, metrics, shutdown: shutdown.clone() };
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.context("HTTP server failed")?,
+        () = deadline => tracing::warn!(grace = ?GRACE, "connections still open; closing them"),
+    }
+    shutdown.cancel(); // also when the server stopped by itself
+    tasks.close();
+    if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!(grace = ?GRACE, "background tasks did not stop in time");
+    }
+    Ok(())
+}

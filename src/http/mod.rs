@@ -1,0 +1,87 @@
+//! The HTTP surface (API.md): routes, shared state and the layers every request goes through.
+
+pub mod auth;
+mod error;
+mod history;
+mod ops;
+mod publish;
+mod sse;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, Request, header};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::config::Config;
+use crate::live::Hub;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Largest accepted request body (API.md, publish: 413 above it).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Everything a handler needs; each field is a cheap handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub live: Hub,
+    pub metrics: Metrics,
+    /// Cancelled when draining starts: open streams say goodbye and close.
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: AppState) -> Router {
+    let cors = cors(&state.config);
+    let router = Router::new()
+        .route("/notification/subscribe", get(sse::subscribe))
+        .route("/notification/subscribe/", get(sse::subscribe))
+        .route("/notifications", get(history::page).post(publish::publish))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/", get(ops::demo))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    // The span names the path only: a query string may carry an access token.
+    router.layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+    }))
+}
+
+/// Browsers on `CORS_ORIGINS` may subscribe with credentials (cookie auth), and send the headers
+/// EventSource polyfills add, which cause a preflight.
+fn cors(config: &Config) -> Option<CorsLayer> {
+    if config.cors_origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(config.cors_origins.iter().cloned()))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CACHE_CONTROL,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("last_message"),
+                HeaderName::from_static("x-requested-with"),
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}

@@ -1,0 +1,41 @@
+//! Operations routes: liveness, readiness, Prometheus metrics and the demo page.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+
+/// The process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready to serve: Redis answers and every live reader follows its fan-out streams.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let redis = app.store.ping().await;
+    let live = app.live.is_ready();
+    let status = if redis.is_ok() && live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if let Err(error) = &redis {
+        app.metrics.redis_error("ping");
+        tracing::warn!(error = error as &dyn std::error::Error, "not ready: redis unreachable");
+    }
+    let body = json!({
+        "status": if status.is_success() { "ready" } else { "unavailable" },
+        "redis": redis.is_ok(),
+        "live": live,
+    });
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(CONTENT_TYPE, content_type)], app.metrics.render()).into_response()
+}
+
+pub async fn demo() -> Response {
+    ([(CACHE_CONTROL, "no-cache")], Html(include_str!("../../static/index.html"))).into_response()
+}

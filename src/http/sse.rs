@@ -1,0 +1,260 @@
+//! `GET /notification/subscribe`: resume position → replay from the member stream → live
+//! notifications, as SSE frames (API.md). Uses `Store` reads and the live `Hub`; writes nothing.
+//!
+//! The stream registers for live delivery before it reads history, then drops every live
+//! notification at or below the last id it sent: no gap and no duplicate between the two.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderName};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream;
+use tokio::time::{Instant, Sleep};
+
+use super::AppState;
+use super::auth::Member;
+use super::error::ApiError;
+use crate::live::Subscription;
+use crate::metrics::Metrics;
+use crate::model::{Entry, MemberId, Resume, ResumeHints, StreamId, notification_frame};
+use crate::store::ReplayHead;
+
+/// Entries read from a member stream per round trip: bounds the memory a replay holds.
+const REPLAY_BATCH: usize = 500;
+
+pub async fn subscribe(
+    State(app): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let resume = Resume::from_hints(ResumeHints {
+        last_event_id_header: header("last-event-id"),
+        last_event_id_query: query.get("lastEventId").map(String::as_str),
+        last_message: header("last_message").or_else(|| query.get("last_message").map(String::as_str)),
+    })
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    let subscription = app.live.subscribe(&member.id).ok();
+    tracing::debug!(member_id = %member.id, ?resume, live = subscription.is_some(), "stream opened");
+    let session = Session::new(app, member, resume, subscription);
+    let body = Body::from_stream(stream::unfold(session, |mut session| async move {
+        let chunk = session.next_chunk().await?;
+        session.heartbeat_after_silence();
+        Some((Ok::<_, std::convert::Infallible>(chunk), session))
+    }));
+    let headers = [
+        (CONTENT_TYPE, "text/event-stream"),
+        (CACHE_CONTROL, "no-cache"),
+        (HeaderName::from_static("x-accel-buffering"), "no"),
+    ];
+    Ok((headers, body).into_response())
+}
+
+enum Phase {
+    Start(Resume),
+    Replay { after: StreamId },
+    Live,
+    Done,
+}
+
+/// One open stream's state: everything it needs lives here, nothing is shared per stream.
+struct Session {
+    app: AppState,
+    member: MemberId,
+    phase: Phase,
+    /// `None` when live delivery was unavailable at subscribe time (Redis unreachable).
+    subscription: Option<Subscription>,
+    last_sent: StreamId,
+    expires_at: Option<Instant>,
+    heartbeat: std::pin::Pin<Box<Sleep>>,
+    _open: OpenStream,
+}
+
+impl Session {
+    fn new(app: AppState, member: Member, resume: Resume, subscription: Option<Subscription>) -> Self {
+        let expires_at = member.expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+            Instant::now() + left
+        });
+        let heartbeat = Box::pin(tokio::time::sleep(app.config.heartbeat));
+        let open = OpenStream::new(&app.metrics);
+        Self { app, member: member.id, phase: Phase::Start(resume), subscription, last_sent: StreamId::ZERO, expires_at, heartbeat, _open: open }
+    }
+
+    fn heartbeat_after_silence(&mut self) {
+        self.heartbeat.as_mut().reset(Instant::now() + self.app.config.heartbeat);
+    }
+
+    /// The next bytes to write, or `None` to end the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Start(resume) => Some(self.start(resume).await),
+            Phase::Replay { after } => self.replay(after).await,
+            Phase::Live => self.live().await,
+            Phase::Done => None,
+        }
+    }
+
+    /// `retry:`, then `connected` and the first replay batch; only `retry:` when Redis is away,
+    /// so the browser comes back later instead of giving up (a non-200 would stop it for good).
+    async fn start(&mut self, resume: Resume) -> Bytes {
+        let mut out = format!("retry: {}\n\n", self.app.config.retry.as_millis());
+        if self.subscription.is_none() {
+            self.app.metrics.store_unavailable_subscribes.inc();
+            return out.into();
+        }
+        let after = match resume {
+            Resume::Fresh => {
+                push_connected(&mut out, &self.member, true);
+                self.phase = Phase::Live;
+                return out.into();
+            }
+            Resume::After(after) => after,
+        };
+        let head = match self.app.store.replay_head(&self.member, after, REPLAY_BATCH).await {
+            Ok(head) => head,
+            Err(error) => {
+                self.app.metrics.redis_error("replay");
+                self.app.metrics.store_unavailable_subscribes.inc();
+                tracing::warn!(member_id = %self.member, error = &error as &dyn std::error::Error, "replay failed; asking the client to retry");
+                return out.into();
+            }
+        };
+        let cutoff_ms = retention_cutoff_ms(self.app.store.retention());
+        push_connected(&mut out, &self.member, recovered(after, &head, cutoff_ms));
+        self.push_entries(&mut out, &head.entries, after, cutoff_ms);
+        out.into()
+    }
+
+    async fn replay(&mut self, after: StreamId) -> Option<Bytes> {
+        if self.app.shutdown.is_cancelled() {
+            return Some(goodbye(self.app.config.retry));
+        }
+        match self.app.store.read_after(&self.member, after, REPLAY_BATCH).await {
+            Ok(entries) => {
+                let mut out = String::new();
+                self.push_entries(&mut out, &entries, after, retention_cutoff_ms(self.app.store.retention()));
+                Some(out.into())
+            }
+            Err(error) => {
+                // The client resumes from the last id it got.
+                self.app.metrics.redis_error("replay");
+                tracing::warn!(member_id = %self.member, error = &error as &dyn std::error::Error, "replay interrupted; closing the stream");
+                None
+            }
+        }
+    }
+
+    /// Frames retained entries (never one older than the retention window, trimmed or not) and
+    /// moves to the next batch, or to live delivery after a short batch.
+    fn push_entries(&mut self, out: &mut String, entries: &[Entry], after: StreamId, cutoff_ms: u64) {
+        let mut replayed = 0;
+        for entry in entries.iter().filter(|e| e.id.ms >= cutoff_ms) {
+            out.push_str(&notification_frame(entry, &self.member));
+            self.last_sent = entry.id;
+            replayed += 1;
+        }
+        self.app.metrics.replayed.inc_by(replayed);
+        self.phase = match entries.last() {
+            Some(last) if entries.len() == REPLAY_BATCH => Phase::Replay { after: last.id.max(after) },
+            _ => Phase::Live,
+        };
+    }
+
+    async fn live(&mut self) -> Option<Bytes> {
+        let subscription = self.subscription.as_mut()?;
+        let expires_at = self.expires_at;
+        let expiry = async {
+            match expires_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.app.shutdown.cancelled() => return Some(goodbye(self.app.config.retry)),
+                () = &mut expiry => {
+                    tracing::debug!(member_id = %self.member, "token expired; closing the stream");
+                    return None;
+                }
+                delivery = subscription.recv() => {
+                    // None: dropped by the hub (too slow, or a gap); the client resumes by id.
+                    let delivery = delivery?;
+                    if delivery.id <= self.last_sent {
+                        continue; // already sent by the replay
+                    }
+                    self.last_sent = delivery.id;
+                    self.phase = Phase::Live;
+                    return Some(delivery.frame.clone());
+                }
+                () = self.heartbeat.as_mut() => {
+                    self.phase = Phase::Live;
+                    return Some(Bytes::from_static(b": heartbeat\n\n"));
+                }
+            }
+        }
+    }
+
+}
+
+/// On shutdown: a randomized `retry:` so native clients come back spread over a few seconds, on
+/// whichever instance is still up, instead of all at once.
+fn goodbye(retry: Duration) -> Bytes {
+    let base = retry.as_millis() as u64;
+    let retry = fastrand::u64(base / 2..=base.saturating_mul(2).max(1000));
+    format!("retry: {retry}\n\n").into()
+}
+
+fn push_connected(out: &mut String, member: &MemberId, recovered: bool) {
+    let _ = write!(out, "event: connected\ndata: {{\"member_id\":\"{member}\",\"recovered\":{recovered}}}\n\n");
+}
+
+/// Whether every notification after `after` is still retained (API.md, `recovered`).
+///
+/// Each entry records the id it followed when written, so the first entry after the position
+/// proves contiguity: `prev <= after` means nothing between them ever existed. Without entries
+/// after the position, an existing stream proves nothing was trimmed (trimming keeps the newest
+/// entry); a missing one expired after a whole retention window of silence, so only a position
+/// inside the window can be complete. And a position from before the dataset epoch predates data
+/// Redis may have lost.
+fn recovered(after: StreamId, head: &ReplayHead, cutoff_ms: u64) -> bool {
+    let after_epoch = head.epoch_ms.is_some_and(|epoch| after.ms >= epoch);
+    let contiguous = match head.entries.first() {
+        Some(first) => first.prev <= after && first.id.ms >= cutoff_ms,
+        None => head.stream_exists || after.ms > cutoff_ms,
+    };
+    after_epoch && contiguous
+}
+
+fn retention_cutoff_ms(retention: Duration) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    now.saturating_sub(retention).as_millis() as u64
+}
+
+/// Counts an open stream for as long as it lives.
+struct OpenStream(Metrics);
+
+impl OpenStream {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.open_streams.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.dec();
+    }
+}

@@ -1,0 +1,9 @@
+//! sse-notify: per-member notifications over Server-Sent Events, replayable from Redis Streams.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod live;
+pub mod metrics;
+pub mod model;
+pub mod store;

@@ -1,0 +1,166 @@
+//! Live fan-out. A few readers per instance block on `XREAD` over the partitions' fan-out streams
+//! (written by the publish script next to each member stream) and hand each notification, framed
+//! once, to the local subscribers of its member. Reads only; never writes a notification.
+//!
+//! Subscribers register before they replay history, so anything appended after registration
+//! arrives here and anything before it is in the replay; the subscriber drops what it already sent.
+//! Whenever live delivery cannot be exact (a slow client, a gap in a fan-out stream), the stream is
+//! closed instead and the client resumes from its last id, the member stream being the source of
+//! truth.
+
+mod reader;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::model::{MemberId, StreamId};
+use crate::store::keys::{PARTITIONS, partition_of};
+
+pub use reader::run as run_reader;
+
+/// Frames a subscriber may have waiting before it counts as too slow and is disconnected.
+pub const SEND_BUFFER: usize = 256;
+
+/// One notification ready to write, shared by every stream of its member.
+#[derive(Debug)]
+pub struct Delivery {
+    pub id: StreamId,
+    pub frame: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    partitions: [Partition; PARTITIONS],
+    next_slot: AtomicU64,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Partition {
+    /// True while this partition's reader is connected and positioned: only then is a new
+    /// subscriber sure to receive everything appended after it registers.
+    ready: AtomicBool,
+    subscribers: Mutex<HashMap<MemberId, Vec<Slot>>>,
+}
+
+struct Slot {
+    id: u64,
+    tx: mpsc::Sender<Arc<Delivery>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("live delivery is not connected to the store")]
+pub struct NotReady;
+
+impl Hub {
+    pub fn new(metrics: Metrics) -> Self {
+        let inner = HubInner { partitions: Default::default(), next_slot: AtomicU64::new(0), metrics };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Registers a stream for `member`'s live notifications.
+    pub fn subscribe(&self, member: &MemberId) -> Result<Subscription, NotReady> {
+        let partition = partition_of(member);
+        if !self.inner.partitions[partition].ready.load(Ordering::Acquire) {
+            return Err(NotReady);
+        }
+        let (tx, rx) = mpsc::channel(SEND_BUFFER);
+        let id = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
+        self.inner.lock(partition).entry(member.clone()).or_default().push(Slot { id, tx });
+        Ok(Subscription { rx, hub: self.inner.clone(), member: member.clone(), partition, slot: id })
+    }
+
+    /// Whether every partition has a connected reader.
+    pub fn is_ready(&self) -> bool {
+        self.inner.partitions.iter().all(|p| p.ready.load(Ordering::Acquire))
+    }
+
+    fn set_ready(&self, partitions: &[usize], ready: bool) {
+        for &p in partitions {
+            self.inner.partitions[p].ready.store(ready, Ordering::Release);
+        }
+    }
+
+    /// Hands each delivery to the streams of its member. A stream whose buffer is full is dropped
+    /// (counted): the client reconnects and resumes by id instead of growing our memory.
+    fn dispatch(&self, partition: usize, deliveries: &[(MemberId, Arc<Delivery>)]) {
+        let mut delivered = 0;
+        let mut slow = 0;
+        let mut subscribers = self.inner.lock(partition);
+        for (member, delivery) in deliveries {
+            let Some(slots) = subscribers.get_mut(member) else { continue };
+            slots.retain(|slot| match slot.tx.try_send(delivery.clone()) {
+                Ok(()) => {
+                    delivered += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    slow += 1;
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+            if slots.is_empty() {
+                subscribers.remove(member);
+            }
+        }
+        drop(subscribers);
+        self.inner.metrics.delivered.inc_by(delivered);
+        if slow > 0 {
+            self.inner.metrics.slow_client_disconnects.inc_by(slow);
+            tracing::info!(partition, streams = slow, "closed streams that could not keep up");
+        }
+    }
+
+    /// Closes every stream of a partition: its reader missed entries, so live delivery there can
+    /// no longer be exact. Clients reconnect and resume from their member stream.
+    fn reset(&self, partition: usize) {
+        let dropped = std::mem::take(&mut *self.inner.lock(partition));
+        self.inner.metrics.live_gaps.inc();
+        tracing::warn!(partition, members = dropped.len(), "gap in fan-out stream; closing its streams so they resume by id");
+    }
+}
+
+impl HubInner {
+    fn lock(&self, partition: usize) -> MutexGuard<'_, HashMap<MemberId, Vec<Slot>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single-step updates).
+        self.partitions[partition].subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A registered stream. Deregisters itself when dropped.
+pub struct Subscription {
+    rx: mpsc::Receiver<Arc<Delivery>>,
+    hub: Arc<HubInner>,
+    member: MemberId,
+    partition: usize,
+    slot: u64,
+}
+
+impl Subscription {
+    /// The next live delivery; `None` once the hub dropped this stream (too slow, or a gap).
+    pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subscribers = self.hub.lock(self.partition);
+        if let Some(slots) = subscribers.get_mut(&self.member) {
+            slots.retain(|slot| slot.id != self.slot);
+            if slots.is_empty() {
+                subscribers.remove(&self.member);
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! A live reader: follows a set of fan-out streams with blocking `XREAD` on its own connection,
+//! checks each entry's predecessor to detect gaps, frames each notification once and dispatches it.
+//! Reconnects with backoff and resumes from the last id it read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::{Delivery, Hub};
+use crate::metrics::Metrics;
+use crate::model::{MemberId, StreamId, notification_frame};
+use crate::store::{LiveEntry, Store, StoreError};
+
+/// How long one `XREAD` blocks: also how soon a silently dead connection is noticed.
+const BLOCK: Duration = Duration::from_secs(5);
+/// Entries read per `XREAD` and stream.
+const BATCH: usize = 1_000;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Follows `partitions` until `shutdown`. Never returns early: Redis being away is waited out.
+pub async fn run(store: Store, hub: Hub, metrics: Metrics, partitions: Vec<usize>, shutdown: CancellationToken) {
+    // Known once the first connection positioned the reader; kept across reconnects so nothing
+    // appended while Redis was unreachable is skipped.
+    let mut positions: Option<BTreeMap<usize, StreamId>> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let followed = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = follow(&store, &hub, &metrics, &partitions, &mut positions, &shutdown) => result,
+        };
+        hub.set_ready(&partitions, false);
+        match followed {
+            Ok(()) => return, // shutdown
+            Err(error) => {
+                metrics.redis_error("live_read");
+                tracing::warn!(error = &error as &dyn std::error::Error, ?partitions, retry_in = ?backoff, "live reader lost redis");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn follow(
+    store: &Store,
+    hub: &Hub,
+    metrics: &Metrics,
+    partitions: &[usize],
+    positions: &mut Option<BTreeMap<usize, StreamId>>,
+    shutdown: &CancellationToken,
+) -> Result<(), StoreError> {
+    let mut feed = store.feed(BLOCK).await?;
+    for &partition in partitions {
+        feed.confirm_epoch(partition).await?;
+    }
+    let positions = match positions {
+        Some(positions) => positions,
+        None => {
+            let mut tails = BTreeMap::new();
+            for &partition in partitions {
+                tails.insert(partition, feed.tail(partition).await?);
+            }
+            positions.insert(tails)
+        }
+    };
+    hub.set_ready(partitions, true);
+    tracing::info!(?partitions, "live reader following redis");
+    loop {
+        let batches = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            read = feed.read(positions, BATCH) => read?,
+        };
+        for (partition, entries) in batches {
+            let Some(position) = positions.get_mut(&partition) else { continue };
+            if entries.first().is_some_and(|first| first.prev != *position) {
+                hub.reset(partition);
+            }
+            // Later gaps inside one batch cannot happen: the batch is contiguous in Redis.
+            if let Some(last) = entries.last() {
+                *position = last.id;
+            }
+            let deliveries = frame(entries, metrics);
+            hub.dispatch(partition, &deliveries);
+        }
+    }
+}
+
+/// Frames each notification once, whatever the number of its subscribers.
+fn frame(entries: Vec<LiveEntry>, metrics: &Metrics) -> Vec<(MemberId, Arc<Delivery>)> {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    entries
+        .into_iter()
+        .map(|live| {
+            metrics.delivery_seconds.observe(now_ms.saturating_sub(live.entry.id.ms) as f64 / 1000.0);
+            let frame = Bytes::from(notification_frame(&live.entry, &live.member));
+            (live.member, Arc::new(Delivery { id: live.entry.id, frame }))
+        })
+        .collect()
+}

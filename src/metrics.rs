@@ -1,0 +1,93 @@
+//! Metric handles. Modules record through a cheap clone of [`Metrics`]; `GET /metrics` renders
+//! them in the Prometheus text format. No globals: tests run many instances in one process.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// One label, `op`: which kind of Redis work failed.
+pub type OpLabel = [(&'static str, &'static str); 1];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub open_streams: Gauge,
+    pub published: Counter,
+    pub delivered: Counter,
+    pub replayed: Counter,
+    pub slow_client_disconnects: Counter,
+    pub live_gaps: Counter,
+    pub store_unavailable_subscribes: Counter,
+    pub redis_errors: Family<OpLabel, Counter>,
+    pub publish_seconds: Histogram,
+    pub delivery_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sse_notify");
+        let metrics = Self {
+            registry: Arc::default(),
+            open_streams: Gauge::default(),
+            published: Counter::default(),
+            delivered: Counter::default(),
+            replayed: Counter::default(),
+            slow_client_disconnects: Counter::default(),
+            live_gaps: Counter::default(),
+            store_unavailable_subscribes: Counter::default(),
+            redis_errors: Family::default(),
+            // 100 µs .. ~3.3 s
+            publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        };
+        registry.register("open_streams", "SSE streams currently open", metrics.open_streams.clone());
+        registry.register("notifications_published", "Notifications appended (one per member)", metrics.published.clone());
+        registry.register("notifications_delivered", "Live notifications handed to open streams", metrics.delivered.clone());
+        registry.register("notifications_replayed", "Notifications replayed from member streams", metrics.replayed.clone());
+        registry.register(
+            "slow_client_disconnects",
+            "Streams closed because the client did not keep up with its send buffer",
+            metrics.slow_client_disconnects.clone(),
+        );
+        registry.register(
+            "live_gaps",
+            "Gaps seen in a fan-out stream (subscribers sent back to resume by id)",
+            metrics.live_gaps.clone(),
+        );
+        registry.register(
+            "store_unavailable_subscribes",
+            "Subscriptions answered with retry-and-close because Redis was unavailable",
+            metrics.store_unavailable_subscribes.clone(),
+        );
+        registry.register("redis_errors", "Redis commands that failed, by operation", metrics.redis_errors.clone());
+        registry.register("publish_duration_seconds", "Time to store a publish", metrics.publish_seconds.clone());
+        registry.register(
+            "delivery_latency_seconds",
+            "From a notification's stream id time to its dispatch to live streams",
+            metrics.delivery_seconds.clone(),
+        );
+        Self { registry: Arc::new(registry), ..metrics }
+    }
+
+    pub fn redis_error(&self, op: &'static str) {
+        self.redis_errors.get_or_create(&[("op", op)]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,287 @@
+//! The service's vocabulary: member ids, stream ids, resume positions and the notification JSON.
+//! Pure parsing and formatting; no I/O.
+
+use std::fmt::{self, Write as _};
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// A member id: 1–128 characters from `A–Z a–z 0–9 . _ - @` (API.md, Identity).
+///
+/// The alphabet has no `:`, `{` or `}`, so a member id can sit inside a Redis key without
+/// changing its hash tag or colliding with another key family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct MemberId(Box<str>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a member id is 1-128 characters from A-Z a-z 0-9 . _ - @")]
+pub struct InvalidMemberId;
+
+impl MemberId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for MemberId {
+    type Err = InvalidMemberId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@');
+        if s.is_empty() || s.len() > Self::MAX_LEN || !s.bytes().all(allowed) {
+            return Err(InvalidMemberId);
+        }
+        Ok(Self(s.into()))
+    }
+}
+
+impl fmt::Display for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Redis stream entry id, `<ms>-<seq>`: the notification's position and its SSE `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a stream id is <ms>-<seq>, both decimal")]
+pub struct InvalidStreamId;
+
+impl StreamId {
+    pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+
+    pub const fn new(ms: u64, seq: u64) -> Self {
+        Self { ms, seq }
+    }
+
+    /// The greatest id strictly before `ms-0`: `after` this, an exclusive range starts at `ms`.
+    pub fn before_ms(ms: u64) -> Self {
+        match ms.checked_sub(1) {
+            Some(prev) => Self::new(prev, u64::MAX),
+            None => Self::ZERO,
+        }
+    }
+}
+
+impl FromStr for StreamId {
+    type Err = InvalidStreamId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s.split_once('-').ok_or(InvalidStreamId)?;
+        Ok(Self { ms: parse_decimal(ms).ok_or(InvalidStreamId)?, seq: parse_decimal(seq).ok_or(InvalidStreamId)? })
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl Serialize for StreamId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Strict unsigned decimal: digits only (no sign, no spaces), fits in a `u64`.
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Where a subscriber resumes (API.md, `GET /notification/subscribe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// No position: live notifications only.
+    Fresh,
+    /// Replay every retained entry strictly after this id.
+    After(StreamId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidResume {
+    #[error("{source_name} must be a stream id <ms>-<seq>")]
+    StreamId { source_name: &'static str },
+    #[error("last_message must be epoch milliseconds or \"empty\"")]
+    LastMessage,
+}
+
+/// The raw resume hints a request carried, in order of precedence.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ResumeHints<'a> {
+    pub last_event_id_header: Option<&'a str>,
+    pub last_event_id_query: Option<&'a str>,
+    pub last_message: Option<&'a str>,
+}
+
+impl Resume {
+    /// First non-empty hint wins; a malformed one is an error, never a silent fresh start.
+    pub fn from_hints(hints: ResumeHints<'_>) -> Result<Self, InvalidResume> {
+        if let Some(id) = present(hints.last_event_id_header) {
+            let id = id.parse().map_err(|_| InvalidResume::StreamId { source_name: "Last-Event-ID" })?;
+            return Ok(Self::After(id));
+        }
+        if let Some(id) = present(hints.last_event_id_query) {
+            let id = id.parse().map_err(|_| InvalidResume::StreamId { source_name: "lastEventId" })?;
+            return Ok(Self::After(id));
+        }
+        match present(hints.last_message) {
+            None | Some("empty") => Ok(Self::Fresh),
+            Some(ms) => parse_decimal(ms).map(|ms| Self::After(StreamId::before_ms(ms))).ok_or(InvalidResume::LastMessage),
+        }
+    }
+}
+
+/// One stored notification, as read back from a member stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: StreamId,
+    /// The id of the entry this one followed in its stream when it was written: the proof that
+    /// nothing between the two was trimmed (API.md, `recovered`).
+    pub prev: StreamId,
+    pub kind: String,
+    /// Compact JSON text (no raw line breaks; see [`write_data_lines`]).
+    pub content: String,
+}
+
+impl Entry {
+    /// The notification JSON shared by SSE `data` and the history page.
+    pub fn write_json(&self, member: &MemberId, out: &mut String) {
+        out.push_str("{\"id\":\"");
+        let _ = write!(out, "{}", self.id);
+        out.push_str("\",\"member_id\":\"");
+        out.push_str(member.as_str()); // alphabet needs no escaping
+        out.push_str("\",\"type\":");
+        push_json_string(&self.kind, out);
+        out.push_str(",\"content\":");
+        out.push_str(&self.content);
+        let _ = write!(out, ",\"time\":{}}}", self.id.ms);
+    }
+}
+
+fn push_json_string(s: &str, out: &mut String) {
+    // Serializing a &str into a String cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\"")));
+}
+
+/// An SSE frame for one notification: `id:`, `event: notification`, one or more `data:` lines.
+pub fn notification_frame(entry: &Entry, member: &MemberId) -> String {
+    let mut json = String::with_capacity(96 + entry.kind.len() + entry.content.len());
+    entry.write_json(member, &mut json);
+    let mut frame = String::with_capacity(json.len() + 64);
+    let _ = write!(frame, "id: {}\nevent: notification\n", entry.id);
+    write_data_lines(&json, &mut frame);
+    frame.push('\n');
+    frame
+}
+
+/// Writes `payload` as `data:` lines. SSE ends a line at `\r\n`, `\r` or `\n`, so each such break
+/// starts a new `data:` line and the browser joins them back with `\n`: whatever the payload holds,
+/// the framing cannot break and no field can be injected.
+pub fn write_data_lines(payload: &str, out: &mut String) {
+    let mut rest = payload;
+    loop {
+        match rest.find(['\r', '\n']) {
+            None => {
+                out.push_str("data: ");
+                out.push_str(rest);
+                out.push('\n');
+                return;
+            }
+            Some(at) => {
+                out.push_str("data: ");
+                out.push_str(&rest[..at]);
+                out.push('\n');
+                let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[at + skip..];
+            }
+        }
+    }
+}
+
+/// A hint that was sent and is not blank.
+fn present(hint: Option<&str>) -> Option<&str> {
+    hint.map(str::trim).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn member_ids_follow_the_contract_alphabet() {
+        assert!("42".parse::<MemberId>().is_ok());
+        assert!("a.b_c-d@e".parse::<MemberId>().is_ok());
+        assert!("x".repeat(128).parse::<MemberId>().is_ok());
+        for bad in ["", "a b", "a:b", "{42}", "é", &"x".repeat(129)] {
+            assert!(bad.parse::<MemberId>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn resume_precedence_is_header_then_query_then_last_message() {
+        let hints = ResumeHints {
+            last_event_id_header: Some("5-1"),
+            last_event_id_query: Some("4-0"),
+            last_message: Some("3"),
+        };
+        assert_eq!(Resume::from_hints(hints), Ok(Resume::After(StreamId::new(5, 1))));
+        let hints = ResumeHints { last_event_id_header: Some(""), ..hints };
+        assert_eq!(Resume::from_hints(hints), Ok(Resume::After(StreamId::new(4, 0))));
+        let hints = ResumeHints { last_event_id_query: None, ..hints };
+        assert_eq!(Resume::from_hints(hints), Ok(Resume::After(StreamId::new(2, u64::MAX))));
+        let empty = ResumeHints { last_message: Some("empty"), ..Default::default() };
+        assert_eq!(Resume::from_hints(empty), Ok(Resume::Fresh));
+        assert_eq!(Resume::from_hints(ResumeHints::default()), Ok(Resume::Fresh));
+        let zero = ResumeHints { last_message: Some("0"), ..Default::default() };
+        assert_eq!(Resume::from_hints(zero), Ok(Resume::After(StreamId::ZERO)));
+    }
+
+    #[test]
+    fn malformed_positions_are_errors() {
+        for bad in ["abc", "1", "1-", "-1", "1-2-3", "+1-0", "1 -0", "99999999999999999999-0"] {
+            let hints = ResumeHints { last_event_id_header: Some(bad), ..Default::default() };
+            assert!(Resume::from_hints(hints).is_err(), "{bad:?} accepted");
+        }
+        let hints = ResumeHints { last_message: Some("yesterday"), ..Default::default() };
+        assert_eq!(Resume::from_hints(hints), Err(InvalidResume::LastMessage));
+    }
+
+    proptest! {
+        #[test]
+        fn stream_ids_round_trip(ms: u64, seq: u64) {
+            let id = StreamId::new(ms, seq);
+            prop_assert_eq!(id.to_string().parse::<StreamId>(), Ok(id));
+        }
+
+        #[test]
+        fn stream_id_parsing_never_panics(s in "\\PC{0,30}") {
+            let _ = s.parse::<StreamId>();
+        }
+
+        #[test]
+        fn data_lines_never_break_framing(payload in "[a-z\r\n:{}\" ]{0,40}") {
+            let mut out = String::new();
+            write_data_lines(&payload, &mut out);
+            // Every line is a data line, and the frame has no blank line (no early dispatch).
+            let body = out.strip_suffix('\n').unwrap();
+            let lines: Vec<&str> = body.split('\n').collect();
+            prop_assert!(lines.iter().all(|l| l.starts_with("data: ") && !l.contains('\r')));
+            // Joined back as a browser does, the payload keeps its content up to line-break style.
+            let joined: Vec<&str> = lines.iter().map(|l| &l[6..]).collect();
+            prop_assert_eq!(joined.join("\n"), payload.replace("\r\n", "\n").replace('\r', "\n"));
+        }
+    }
+}

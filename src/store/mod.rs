@@ -1,0 +1,332 @@
+//! `Store`: the only code that talks to Redis. Writes go through the Lua scripts of
+//! `migrations-lua/`; reads are plain stream commands. Knows nothing of HTTP or SSE.
+//!
+//! Commands share one multiplexed connection (`ConnectionManager`: concurrent requests are
+//! pipelined on it and it reconnects by itself). Live readers block, so each gets a connection of
+//! its own through [`Store::feed`]: the instance's Redis connection count is fixed, whatever the
+//! number of open streams.
+
+pub mod keys;
+mod scripts;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Value};
+
+use crate::model::{Entry, MemberId, StreamId};
+
+/// Approximate length each fan-out stream is trimmed to. A reader that falls further behind sees
+/// a gap and hands its subscribers back to their member streams.
+const FANOUT_MAXLEN: u64 = 10_000;
+/// How long a command may wait for its answer before the store is reported unavailable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis command failed")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from redis: {0}")]
+    Reply(&'static str),
+}
+
+/// A notification to append to one or more member streams.
+#[derive(Debug)]
+pub struct NewNotification<'a> {
+    pub members: &'a [MemberId],
+    pub kind: &'a str,
+    /// Compact JSON text.
+    pub content: &'a str,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// What a publish stored: one id per member, in request order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub ids: Vec<StreamId>,
+    /// False when every id came from an earlier publish with the same idempotency key.
+    pub created: bool,
+}
+
+/// The first page of a replay, read in one round trip with what `recovered` needs.
+#[derive(Debug)]
+pub struct ReplayHead {
+    /// Since when this partition's history is complete; `None` when Redis has no epoch yet
+    /// (nothing was published since it started empty).
+    pub epoch_ms: Option<u64>,
+    /// Whether the member stream exists at all (it expires after a retention window of silence).
+    pub stream_exists: bool,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    commands: ConnectionManager,
+    retention: Duration,
+    max_per_member: u64,
+}
+
+impl Store {
+    /// Prepares the store without connecting: the service starts, and reports not ready, while
+    /// Redis is down.
+    pub fn new(redis_url: &str, retention: Duration, max_per_member: u64) -> Result<Self, StoreError> {
+        let client = Client::open(redis_url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Self { client, commands, retention, max_per_member })
+    }
+
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.commands.clone()).await?;
+        Ok(())
+    }
+
+    /// Appends one notification to each member's stream and its partition's fan-out stream
+    /// (`publish.lua`). One script call on a standalone Redis: all members or none.
+    pub async fn append(&self, note: &NewNotification<'_>) -> Result<Appended, StoreError> {
+        let script = &*scripts::PUBLISH;
+        let mut call = script.prepare_invoke();
+        call.arg(retention_ms(self.retention))
+            .arg(self.max_per_member)
+            .arg(FANOUT_MAXLEN)
+            .arg(if note.idempotency_key.is_some() { "1" } else { "0" })
+            .arg(note.kind)
+            .arg(note.content);
+        for member in note.members {
+            let partition = keys::partition_of(member);
+            call.key(keys::stream(member)).key(keys::fanout(partition)).key(keys::epoch(partition));
+            if let Some(key) = note.idempotency_key {
+                call.key(keys::idempotency(member, key));
+            }
+            call.arg(member.as_str());
+        }
+        let reply: Vec<Value> = call.invoke_async(&mut self.commands.clone()).await?;
+        if reply.len() != 2 * note.members.len() {
+            return Err(StoreError::Reply("publish script returned the wrong number of ids"));
+        }
+        let mut appended = Appended { ids: Vec::with_capacity(note.members.len()), created: false };
+        for pair in reply.chunks_exact(2) {
+            appended.ids.push(stream_id(&pair[0])?);
+            appended.created |= matches!(pair[1], Value::Int(0));
+        }
+        Ok(appended)
+    }
+
+    /// Reads up to `count` entries after `after`, with the partition epoch and whether the stream
+    /// exists, in one pipelined round trip (all keys in one slot).
+    pub async fn replay_head(&self, member: &MemberId, after: StreamId, count: usize) -> Result<ReplayHead, StoreError> {
+        let stream = keys::stream(member);
+        let (epoch, exists, entries): (Option<u64>, bool, Value) = redis::pipe()
+            .hget(keys::epoch(keys::partition_of(member)), "ms")
+            .exists(&stream)
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.commands.clone())
+            .await?;
+        Ok(ReplayHead { epoch_ms: epoch, stream_exists: exists, entries: member_entries(entries)? })
+    }
+
+    /// Reads up to `count` entries strictly after `after`, oldest first.
+    pub async fn read_after(&self, member: &MemberId, after: StreamId, count: usize) -> Result<Vec<Entry>, StoreError> {
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(keys::stream(member))
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.commands.clone())
+            .await?;
+        member_entries(reply)
+    }
+
+    /// Opens a dedicated connection for a live reader, whose blocking reads must not hold up
+    /// anybody else's commands.
+    pub async fn feed(&self, block: Duration) -> Result<Feed, StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+        let conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        Ok(Feed { conn, block })
+    }
+}
+
+/// One entry of a partition's fan-out stream: a notification just appended to a member stream.
+#[derive(Debug)]
+pub struct LiveEntry {
+    /// Position in the fan-out stream.
+    pub id: StreamId,
+    /// The fan-out entry written before this one (a mismatch with the last one read is a gap).
+    pub prev: StreamId,
+    pub member: MemberId,
+    /// The notification as stored in the member's stream (its `prev` is not carried: unused live).
+    pub entry: Entry,
+}
+
+/// A live reader's own connection to the fan-out streams.
+pub struct Feed {
+    conn: MultiplexedConnection,
+    block: Duration,
+}
+
+impl Feed {
+    /// Confirms a partition's dataset epoch for the Redis this connection reached (`epoch.lua`).
+    pub async fn confirm_epoch(&mut self, partition: usize) -> Result<u64, StoreError> {
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut self.conn).await?;
+        let replid = info
+            .lines()
+            .find_map(|line| line.strip_prefix("master_replid:"))
+            .map(str::trim)
+            .ok_or(StoreError::Reply("INFO replication has no master_replid"))?;
+        let epoch: String = scripts::EPOCH.key(keys::epoch(partition)).arg(replid).invoke_async(&mut self.conn).await?;
+        epoch.parse().map_err(|_| StoreError::Reply("epoch is not a number"))
+    }
+
+    /// The id of the newest entry of a partition's fan-out stream (`0-0` when empty).
+    pub async fn tail(&mut self, partition: usize) -> Result<StreamId, StoreError> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(keys::fanout(partition))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(entries(reply)?.first().map_or(StreamId::ZERO, |(id, _)| *id))
+    }
+
+    /// Blocks until entries follow `positions` (partition → last id read) or the block time ends.
+    pub async fn read(&mut self, positions: &BTreeMap<usize, StreamId>, count: usize) -> Result<Vec<(usize, Vec<LiveEntry>)>, StoreError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(count).arg("BLOCK").arg(self.block.as_millis() as u64).arg("STREAMS");
+        for &partition in positions.keys() {
+            cmd.arg(keys::fanout(partition));
+        }
+        for id in positions.values() {
+            cmd.arg(id.to_string());
+        }
+        let reply: Value = cmd.query_async(&mut self.conn).await?;
+        let streams = match reply {
+            Value::Nil => return Ok(Vec::new()),
+            Value::Array(streams) => streams,
+            Value::Map(streams) => streams.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
+            _ => return Err(StoreError::Reply("XREAD reply is not an array")),
+        };
+        let mut batches = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let Value::Array(mut pair) = stream else { return Err(StoreError::Reply("XREAD stream is not a pair")) };
+            let (Some(entries_value), Some(Value::BulkString(key))) = (pair.pop(), pair.pop()) else {
+                return Err(StoreError::Reply("XREAD stream is not a pair"));
+            };
+            let partition = positions
+                .keys()
+                .copied()
+                .find(|&p| keys::fanout(p).as_bytes() == key.as_slice())
+                .ok_or(StoreError::Reply("XREAD returned a stream it was not asked for"))?;
+            let live = entries(entries_value)?.into_iter().map(live_entry).collect::<Result<_, _>>()?;
+            batches.push((partition, live));
+        }
+        Ok(batches)
+    }
+}
+
+fn retention_ms(retention: Duration) -> u64 {
+    u64::try_from(retention.as_millis()).unwrap_or(u64::MAX)
+}
+
+type RawEntry = (StreamId, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Parses an XRANGE-shaped reply: `[[id, [field, value, ...]], ...]`.
+fn entries(reply: Value) -> Result<Vec<RawEntry>, StoreError> {
+    let items = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        _ => return Err(StoreError::Reply("stream range is not an array")),
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let Value::Array(mut pair) = item else { return Err(StoreError::Reply("stream entry is not a pair")) };
+            let (Some(Value::Array(flat)), Some(id)) = (pair.pop(), pair.pop()) else {
+                return Err(StoreError::Reply("stream entry is not a pair"));
+            };
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let (Some(Value::BulkString(name)), Some(Value::BulkString(value))) = (flat.next(), flat.next()) {
+                fields.push((name, value));
+            }
+            Ok((stream_id(&id)?, fields))
+        })
+        .collect()
+}
+
+fn member_entries(reply: Value) -> Result<Vec<Entry>, StoreError> {
+    entries(reply)?.into_iter().map(|(id, fields)| entry(id, fields)).collect()
+}
+
+fn entry(id: StreamId, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Entry, StoreError> {
+    let mut entry = Entry { id, prev: StreamId::ZERO, kind: String::new(), content: String::new() };
+    let mut has_content = false;
+    for (name, value) in fields {
+        match name.as_slice() {
+            b"p" => entry.prev = parse_id(&value)?,
+            b"t" => entry.kind = utf8(value)?,
+            b"c" => {
+                entry.content = utf8(value)?;
+                has_content = true;
+            }
+            _ => {}
+        }
+    }
+    if !has_content {
+        return Err(StoreError::Reply("stream entry has no content"));
+    }
+    Ok(entry)
+}
+
+fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
+    let (mut prev, mut member, mut note_id) = (None, None, None);
+    let mut rest = Vec::with_capacity(2);
+    for (name, value) in fields {
+        match name.as_slice() {
+            b"p" => prev = Some(parse_id(&value)?),
+            b"m" => member = Some(utf8(value)?.parse().map_err(|_| StoreError::Reply("fan-out member id is invalid"))?),
+            b"i" => note_id = Some(parse_id(&value)?),
+            _ => rest.push((name, value)),
+        }
+    }
+    let (Some(prev), Some(member), Some(note_id)) = (prev, member, note_id) else {
+        return Err(StoreError::Reply("fan-out entry lacks p, m or i"));
+    };
+    Ok(LiveEntry { id, prev, member, entry: entry(note_id, rest)? })
+}
+
+fn stream_id(value: &Value) -> Result<StreamId, StoreError> {
+    match value {
+        Value::BulkString(bytes) => parse_id(bytes),
+        Value::SimpleString(s) => parse_id(s.as_bytes()),
+        _ => Err(StoreError::Reply("stream id is not a string")),
+    }
+}
+
+fn parse_id(bytes: &[u8]) -> Result<StreamId, StoreError> {
+    std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()).ok_or(StoreError::Reply("malformed stream id"))
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(bytes).map_err(|_| StoreError::Reply("stream field is not UTF-8"))
+}
