@@ -10,7 +10,7 @@ use clap::Parser;
 
 /// Every setting is an environment variable and a `--kebab-case` flag; the flag wins.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "sse-notify", version, about)]
+#[command(name = "sse-notify", version, about, args_override_self = true)]
 pub struct Args {
     /// HTTP listen address.
     #[arg(long, env, default_value = "127.0.0.1:8080")]

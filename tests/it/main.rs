@@ -1,0 +1,11 @@
+//! Integration tests: real `redis-server`s on free loopback ports, real HTTP to real instances.
+
+mod support;
+
+mod auth;
+mod history;
+mod ops;
+mod publish;
+mod resilience;
+mod retention;
+mod subscribe;
