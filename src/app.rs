@@ -21,17 +21,36 @@ const GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` is cancelled, then drains: streams get a randomized `retry:` and close,
 /// the listener stops, background tasks stop.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let store = Store::new(&config.redis_url, config.retention, config.max_per_member).context("invalid REDIS_URL")?;
+    let store = Store::new(&config.redis_url, config.retention, config.max_per_member)
+        .context("invalid REDIS_URL")?;
     let hub = Hub::new(metrics.clone());
 
     let tasks = TaskTracker::new();
     // A standalone Redis serves every partition: one reader, one blocking XREAD over all of them.
-    tasks.spawn(live::run_reader(store.clone(), hub.clone(), metrics.clone(), (0..PARTITIONS).collect(), shutdown.clone()));
+    tasks.spawn(live::run_reader(
+        store.clone(),
+        hub.clone(),
+        metrics.clone(),
+        (0..PARTITIONS).collect(),
+        shutdown.clone(),
+    ));
 
-    let state = AppState { config: Arc::new(config), store, live: hub, metrics, shutdown: shutdown.clone() };
-    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
+    let state = AppState {
+        config: Arc::new(config),
+        store,
+        live: hub,
+        metrics,
+        shutdown: shutdown.clone(),
+    };
+    let server = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(GRACE).await;

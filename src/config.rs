@@ -106,7 +106,9 @@ impl TryFrom<Args> for Config {
     fn try_from(args: Args) -> Result<Self, Self::Error> {
         let auth = match args.auth_mode.as_str() {
             "jwt" => match args.jwt_secret.filter(|s| !s.is_empty()) {
-                Some(secret) => Auth::Jwt { secret: Secret(secret) },
+                Some(secret) => Auth::Jwt {
+                    secret: Secret(secret),
+                },
                 None => return Err(ConfigError::MissingJwtSecret),
             },
             "gateway" => Auth::Gateway,
@@ -131,8 +133,12 @@ impl TryFrom<Args> for Config {
             .map(|o| o.trim())
             .filter(|o| !o.is_empty())
             .map(|o| {
-                let valid = (o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/');
-                HeaderValue::from_str(o).ok().filter(|_| valid).ok_or_else(|| ConfigError::CorsOrigin(o.to_owned()))
+                let valid =
+                    (o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/');
+                HeaderValue::from_str(o)
+                    .ok()
+                    .filter(|_| valid)
+                    .ok_or_else(|| ConfigError::CorsOrigin(o.to_owned()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
@@ -160,15 +166,27 @@ mod tests {
 
     #[test]
     fn jwt_mode_requires_a_secret() {
-        assert!(matches!(parse(&["--auth-mode", "jwt", "--jwt-secret", ""]), Err(ConfigError::MissingJwtSecret)));
+        assert!(matches!(
+            parse(&["--auth-mode", "jwt", "--jwt-secret", ""]),
+            Err(ConfigError::MissingJwtSecret)
+        ));
         assert!(parse(&["--auth-mode", "jwt", "--jwt-secret", "s"]).is_ok());
         assert!(parse(&["--auth-mode", "gateway"]).is_ok());
-        assert!(matches!(parse(&["--auth-mode", "magic"]), Err(ConfigError::AuthMode(_))));
+        assert!(matches!(
+            parse(&["--auth-mode", "magic"]),
+            Err(ConfigError::AuthMode(_))
+        ));
     }
 
     #[test]
     fn origins_and_numbers_are_validated() {
-        let config = parse(&["--auth-mode", "gateway", "--cors-origins", "http://a.test, https://b.test"]).unwrap();
+        let config = parse(&[
+            "--auth-mode",
+            "gateway",
+            "--cors-origins",
+            "http://a.test, https://b.test",
+        ])
+        .unwrap();
         assert_eq!(config.cors_origins.len(), 2);
         assert!(parse(&["--auth-mode", "gateway", "--cors-origins", "a.test"]).is_err());
         assert!(parse(&["--auth-mode", "gateway", "--retention-secs", "0"]).is_err());
@@ -179,6 +197,9 @@ mod tests {
     fn secrets_are_not_printed() {
         let config = parse(&["--jwt-secret", "hunter2", "--publish-token", "tok"]).unwrap();
         let printed = format!("{config:?}");
-        assert!(!printed.contains("hunter2") && !printed.contains("tok\""), "{printed}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("tok\""),
+            "{printed}"
+        );
     }
 }

@@ -45,10 +45,26 @@ impl Metrics {
             publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         };
-        registry.register("open_streams", "SSE streams currently open", metrics.open_streams.clone());
-        registry.register("notifications_published", "Notifications appended (one per member)", metrics.published.clone());
-        registry.register("notifications_delivered", "Live notifications handed to open streams", metrics.delivered.clone());
-        registry.register("notifications_replayed", "Notifications replayed from member streams", metrics.replayed.clone());
+        registry.register(
+            "open_streams",
+            "SSE streams currently open",
+            metrics.open_streams.clone(),
+        );
+        registry.register(
+            "notifications_published",
+            "Notifications appended (one per member)",
+            metrics.published.clone(),
+        );
+        registry.register(
+            "notifications_delivered",
+            "Live notifications handed to open streams",
+            metrics.delivered.clone(),
+        );
+        registry.register(
+            "notifications_replayed",
+            "Notifications replayed from member streams",
+            metrics.replayed.clone(),
+        );
         registry.register(
             "slow_client_disconnects",
             "Streams closed because the client did not keep up with its send buffer",
@@ -64,14 +80,25 @@ impl Metrics {
             "Subscriptions answered with retry-and-close because Redis was unavailable",
             metrics.store_unavailable_subscribes.clone(),
         );
-        registry.register("redis_errors", "Redis commands that failed, by operation", metrics.redis_errors.clone());
-        registry.register("publish_duration_seconds", "Time to store a publish", metrics.publish_seconds.clone());
+        registry.register(
+            "redis_errors",
+            "Redis commands that failed, by operation",
+            metrics.redis_errors.clone(),
+        );
+        registry.register(
+            "publish_duration_seconds",
+            "Time to store a publish",
+            metrics.publish_seconds.clone(),
+        );
         registry.register(
             "delivery_latency_seconds",
             "From a notification's stream id time to its dispatch to live streams",
             metrics.delivery_seconds.clone(),
         );
-        Self { registry: Arc::new(registry), ..metrics }
+        Self {
+            registry: Arc::new(registry),
+            ..metrics
+        }
     }
 
     pub fn redis_error(&self, op: &'static str) {

@@ -76,7 +76,10 @@ impl FromStr for StreamId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (ms, seq) = s.split_once('-').ok_or(InvalidStreamId)?;
-        Ok(Self { ms: parse_decimal(ms).ok_or(InvalidStreamId)?, seq: parse_decimal(seq).ok_or(InvalidStreamId)? })
+        Ok(Self {
+            ms: parse_decimal(ms).ok_or(InvalidStreamId)?,
+            seq: parse_decimal(seq).ok_or(InvalidStreamId)?,
+        })
     }
 }
 
@@ -129,16 +132,22 @@ impl Resume {
     /// First non-empty hint wins; a malformed one is an error, never a silent fresh start.
     pub fn from_hints(hints: ResumeHints<'_>) -> Result<Self, InvalidResume> {
         if let Some(id) = present(hints.last_event_id_header) {
-            let id = id.parse().map_err(|_| InvalidResume::StreamId { source_name: "Last-Event-ID" })?;
+            let id = id.parse().map_err(|_| InvalidResume::StreamId {
+                source_name: "Last-Event-ID",
+            })?;
             return Ok(Self::After(id));
         }
         if let Some(id) = present(hints.last_event_id_query) {
-            let id = id.parse().map_err(|_| InvalidResume::StreamId { source_name: "lastEventId" })?;
+            let id = id.parse().map_err(|_| InvalidResume::StreamId {
+                source_name: "lastEventId",
+            })?;
             return Ok(Self::After(id));
         }
         match present(hints.last_message) {
             None | Some("empty") => Ok(Self::Fresh),
-            Some(ms) => parse_decimal(ms).map(|ms| Self::After(StreamId::before_ms(ms))).ok_or(InvalidResume::LastMessage),
+            Some(ms) => parse_decimal(ms)
+                .map(|ms| Self::After(StreamId::before_ms(ms)))
+                .ok_or(InvalidResume::LastMessage),
         }
     }
 }
@@ -237,25 +246,64 @@ mod tests {
             last_event_id_query: Some("4-0"),
             last_message: Some("3"),
         };
-        assert_eq!(Resume::from_hints(hints), Ok(Resume::After(StreamId::new(5, 1))));
-        let hints = ResumeHints { last_event_id_header: Some(""), ..hints };
-        assert_eq!(Resume::from_hints(hints), Ok(Resume::After(StreamId::new(4, 0))));
-        let hints = ResumeHints { last_event_id_query: None, ..hints };
-        assert_eq!(Resume::from_hints(hints), Ok(Resume::After(StreamId::new(2, u64::MAX))));
-        let empty = ResumeHints { last_message: Some("empty"), ..Default::default() };
+        assert_eq!(
+            Resume::from_hints(hints),
+            Ok(Resume::After(StreamId::new(5, 1)))
+        );
+        let hints = ResumeHints {
+            last_event_id_header: Some(""),
+            ..hints
+        };
+        assert_eq!(
+            Resume::from_hints(hints),
+            Ok(Resume::After(StreamId::new(4, 0)))
+        );
+        let hints = ResumeHints {
+            last_event_id_query: None,
+            ..hints
+        };
+        assert_eq!(
+            Resume::from_hints(hints),
+            Ok(Resume::After(StreamId::new(2, u64::MAX)))
+        );
+        let empty = ResumeHints {
+            last_message: Some("empty"),
+            ..Default::default()
+        };
         assert_eq!(Resume::from_hints(empty), Ok(Resume::Fresh));
-        assert_eq!(Resume::from_hints(ResumeHints::default()), Ok(Resume::Fresh));
-        let zero = ResumeHints { last_message: Some("0"), ..Default::default() };
+        assert_eq!(
+            Resume::from_hints(ResumeHints::default()),
+            Ok(Resume::Fresh)
+        );
+        let zero = ResumeHints {
+            last_message: Some("0"),
+            ..Default::default()
+        };
         assert_eq!(Resume::from_hints(zero), Ok(Resume::After(StreamId::ZERO)));
     }
 
     #[test]
     fn malformed_positions_are_errors() {
-        for bad in ["abc", "1", "1-", "-1", "1-2-3", "+1-0", "1 -0", "99999999999999999999-0"] {
-            let hints = ResumeHints { last_event_id_header: Some(bad), ..Default::default() };
+        for bad in [
+            "abc",
+            "1",
+            "1-",
+            "-1",
+            "1-2-3",
+            "+1-0",
+            "1 -0",
+            "99999999999999999999-0",
+        ] {
+            let hints = ResumeHints {
+                last_event_id_header: Some(bad),
+                ..Default::default()
+            };
             assert!(Resume::from_hints(hints).is_err(), "{bad:?} accepted");
         }
-        let hints = ResumeHints { last_message: Some("yesterday"), ..Default::default() };
+        let hints = ResumeHints {
+            last_message: Some("yesterday"),
+            ..Default::default()
+        };
         assert_eq!(Resume::from_hints(hints), Err(InvalidResume::LastMessage));
     }
 

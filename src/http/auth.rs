@@ -32,23 +32,35 @@ pub struct Member {
 impl FromRequestParts<AppState> for Member {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|q| q.0)
+            .unwrap_or_default();
         match &state.config.auth {
             Auth::Jwt { secret } => {
                 let token = bearer(parts)
                     .or_else(|| cookie(parts, "access_token"))
                     .or_else(|| query.get("access_token").map(String::as_str))
                     .ok_or(ApiError::Unauthorized)?;
-                verify_hs256(token, secret.expose().as_bytes(), SystemTime::now()).map_err(|reason| {
-                    tracing::debug!(reason, "token refused");
-                    ApiError::Unauthorized
-                })
+                verify_hs256(token, secret.expose().as_bytes(), SystemTime::now()).map_err(
+                    |reason| {
+                        tracing::debug!(reason, "token refused");
+                        ApiError::Unauthorized
+                    },
+                )
             }
             Auth::Gateway => {
                 let header = parts.headers.get("member_id").and_then(|v| v.to_str().ok());
-                let id = header.or_else(|| query.get("member_id").map(String::as_str)).ok_or(ApiError::Unauthorized)?;
-                Ok(Member { id: id.parse().map_err(|_| ApiError::Unauthorized)?, expires_at: None })
+                let id = header
+                    .or_else(|| query.get("member_id").map(String::as_str))
+                    .ok_or(ApiError::Unauthorized)?;
+                Ok(Member {
+                    id: id.parse().map_err(|_| ApiError::Unauthorized)?,
+                    expires_at: None,
+                })
             }
         }
     }
@@ -61,7 +73,10 @@ pub struct Publisher;
 impl FromRequestParts<AppState> for Publisher {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         match (&state.config.publish_token, bearer(parts)) {
             (Some(expected), Some(given)) if expected.matches(given) => Ok(Publisher),
             _ => Err(ApiError::Unauthorized),
@@ -72,7 +87,10 @@ impl FromRequestParts<AppState> for Publisher {
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
@@ -111,20 +129,26 @@ enum Subject {
 /// Verifies an HS256 JWT and returns its member. `Err` carries a reason for debug logs only.
 pub fn verify_hs256(token: &str, secret: &[u8], now: SystemTime) -> Result<Member, &'static str> {
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err("not three dot-separated parts");
     };
     let header: Header = decode_json(header).ok_or("malformed header")?;
     if header.alg != "HS256" {
         return Err("algorithm is not HS256");
     }
-    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| "malformed signature")?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| "malformed signature")?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "unusable secret")?;
     mac.update(&token.as_bytes()[..header_and_payload_len(token)]);
     mac.verify_slice(&signature).map_err(|_| "bad signature")?;
 
     let claims: Claims = decode_json(payload).ok_or("malformed claims")?;
-    let now_secs = now.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let now_secs = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     if claims.exp.is_some_and(|exp| now_secs >= exp) {
         return Err("expired");
     }
@@ -136,7 +160,9 @@ pub fn verify_hs256(token: &str, secret: &[u8], now: SystemTime) -> Result<Membe
         Subject::Number(n) => n.to_string(),
     };
     let id = sub.parse().map_err(|_| "sub is not a valid member id")?;
-    let expires_at = claims.exp.map(|exp| UNIX_EPOCH + Duration::from_secs_f64(exp.max(0.0)));
+    let expires_at = claims
+        .exp
+        .map(|exp| UNIX_EPOCH + Duration::from_secs_f64(exp.max(0.0)));
     Ok(Member { id, expires_at })
 }
 
@@ -153,9 +179,13 @@ pub fn sign_hs256(claims: &serde_json::Value, secret: &[u8]) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signing_input = format!("{header}.{payload}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(signing_input.as_bytes());
-    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }
 
 #[cfg(test)]
@@ -176,17 +206,29 @@ mod tests {
         assert_eq!(member.id.as_str(), "42");
         assert_eq!(member.expires_at, Some(at(2000)));
         let numeric = sign_hs256(&json!({"sub": 42}), SECRET);
-        assert_eq!(verify_hs256(&numeric, SECRET, at(1000)).unwrap().id.as_str(), "42");
+        assert_eq!(
+            verify_hs256(&numeric, SECRET, at(1000))
+                .unwrap()
+                .id
+                .as_str(),
+            "42"
+        );
     }
 
     #[test]
     fn refuses_expired_forged_and_foreign_tokens() {
         let expired = sign_hs256(&json!({"sub": "42", "exp": 1000}), SECRET);
-        assert_eq!(verify_hs256(&expired, SECRET, at(1000)).unwrap_err(), "expired");
+        assert_eq!(
+            verify_hs256(&expired, SECRET, at(1000)).unwrap_err(),
+            "expired"
+        );
         let early = sign_hs256(&json!({"sub": "42", "nbf": 2000}), SECRET);
         assert!(verify_hs256(&early, SECRET, at(1000)).is_err());
         let other_key = sign_hs256(&json!({"sub": "42"}), b"other");
-        assert_eq!(verify_hs256(&other_key, SECRET, at(1000)).unwrap_err(), "bad signature");
+        assert_eq!(
+            verify_hs256(&other_key, SECRET, at(1000)).unwrap_err(),
+            "bad signature"
+        );
         let bad_member = sign_hs256(&json!({"sub": "a b"}), SECRET);
         assert!(verify_hs256(&bad_member, SECRET, at(1000)).is_err());
         let no_sub = sign_hs256(&json!({"exp": 2000}), SECRET);
@@ -200,7 +242,10 @@ mod tests {
         let forged_payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"43"}"#);
         let mut pieces: Vec<&str> = valid.split('.').collect();
         pieces[1] = &forged_payload;
-        assert_eq!(verify_hs256(&pieces.join("."), SECRET, at(1000)).unwrap_err(), "bad signature");
+        assert_eq!(
+            verify_hs256(&pieces.join("."), SECRET, at(1000)).unwrap_err(),
+            "bad signature"
+        );
         assert!(verify_hs256("a.b", SECRET, at(1000)).is_err());
     }
 }

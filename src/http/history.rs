@@ -24,7 +24,9 @@ pub async fn page(
     let Query(query) = query?;
     let after = match query.get("after").map(String::as_str) {
         None | Some("") => StreamId::ZERO,
-        Some(raw) => raw.parse().map_err(|_| ApiError::bad_request("after must be a stream id <ms>-<seq>"))?,
+        Some(raw) => raw
+            .parse()
+            .map_err(|_| ApiError::bad_request("after must be a stream id <ms>-<seq>"))?,
     };
     let limit = match query.get("limit") {
         None => DEFAULT_LIMIT,
@@ -32,10 +34,14 @@ pub async fn page(
             .parse()
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}")))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+            })?,
     };
     // Entries older than the retention window are expired even before Redis trims them.
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let cutoff_ms = now.saturating_sub(app.store.retention()).as_millis() as u64;
     let from = after.max(StreamId::before_ms(cutoff_ms));
     let mut entries = app

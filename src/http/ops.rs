@@ -18,10 +18,17 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let redis = app.store.ping().await;
     let live = app.live.is_ready();
-    let status = if redis.is_ok() && live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if redis.is_ok() && live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     if let Err(error) = &redis {
         app.metrics.redis_error("ping");
-        tracing::warn!(error = error as &dyn std::error::Error, "not ready: redis unreachable");
+        tracing::warn!(
+            error = error as &dyn std::error::Error,
+            "not ready: redis unreachable"
+        );
     }
     let body = json!({
         "status": if status.is_success() { "ready" } else { "unavailable" },
@@ -37,5 +44,9 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 pub async fn demo() -> Response {
-    ([(CACHE_CONTROL, "no-cache")], Html(include_str!("../../static/index.html"))).into_response()
+    (
+        [(CACHE_CONTROL, "no-cache")],
+        Html(include_str!("../../static/index.html")),
+    )
+        .into_response()
 }

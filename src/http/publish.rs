@@ -46,19 +46,42 @@ pub async fn publish(
     let members = members(&request)?;
     let kind = request.kind.as_deref().unwrap_or("notification");
     if kind.is_empty() || kind.chars().count() > MAX_TYPE_LEN {
-        return Err(ApiError::bad_request(format!("type must be 1-{MAX_TYPE_LEN} characters")));
+        return Err(ApiError::bad_request(format!(
+            "type must be 1-{MAX_TYPE_LEN} characters"
+        )));
     }
-    let content = request.content.ok_or_else(|| ApiError::bad_request("content is required"))?;
+    let content = request
+        .content
+        .ok_or_else(|| ApiError::bad_request("content is required"))?;
     let idempotency_key = idempotency_key(&headers)?;
 
     let started = Instant::now();
     let content = content.to_string(); // compact: no raw line breaks reach the SSE framing
-    let note = NewNotification { members: &members, kind, content: &content, idempotency_key };
-    let appended = app.store.append(&note).await.inspect_err(|_| app.metrics.redis_error("publish"))?;
-    app.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
-    app.metrics.published.inc_by(if appended.created { members.len() as u64 } else { 0 });
+    let note = NewNotification {
+        members: &members,
+        kind,
+        content: &content,
+        idempotency_key,
+    };
+    let appended = app
+        .store
+        .append(&note)
+        .await
+        .inspect_err(|_| app.metrics.redis_error("publish"))?;
+    app.metrics
+        .publish_seconds
+        .observe(started.elapsed().as_secs_f64());
+    app.metrics.published.inc_by(if appended.created {
+        members.len() as u64
+    } else {
+        0
+    });
 
-    let status = if appended.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if appended.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let ids: Vec<String> = appended.ids.iter().map(ToString::to_string).collect();
     Ok((status, Json(json!({ "ids": ids }))))
 }
@@ -68,12 +91,20 @@ pub async fn publish(
 fn members(request: &PublishRequest) -> Result<Vec<MemberId>, ApiError> {
     let raw: Vec<&Value> = match (&request.member_id, &request.member_ids) {
         (Some(one), None) => vec![one],
-        (None, Some(many)) if many.is_empty() => return Err(ApiError::bad_request("member_ids is empty")),
+        (None, Some(many)) if many.is_empty() => {
+            return Err(ApiError::bad_request("member_ids is empty"));
+        }
         (None, Some(many)) if many.len() > MAX_MEMBERS => {
-            return Err(ApiError::bad_request(format!("member_ids holds more than {MAX_MEMBERS} members")));
+            return Err(ApiError::bad_request(format!(
+                "member_ids holds more than {MAX_MEMBERS} members"
+            )));
         }
         (None, Some(many)) => many.iter().collect(),
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give member_id or member_ids, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give member_id or member_ids, not both",
+            ));
+        }
         (None, None) => return Err(ApiError::bad_request("member_id or member_ids is required")),
     };
     let mut seen = HashSet::with_capacity(raw.len());
@@ -84,9 +115,13 @@ fn members(request: &PublishRequest) -> Result<Vec<MemberId>, ApiError> {
                 Value::Number(n) if n.is_u64() => n.to_string(),
                 other => return Err(ApiError::bad_request(format!("{other} is not a member id"))),
             };
-            let member: MemberId = text.parse().map_err(|e| ApiError::bad_request(format!("{text:?}: {e}")))?;
+            let member: MemberId = text
+                .parse()
+                .map_err(|e| ApiError::bad_request(format!("{text:?}: {e}")))?;
             if !seen.insert(member.clone()) {
-                return Err(ApiError::bad_request(format!("member {member} is listed twice")));
+                return Err(ApiError::bad_request(format!(
+                    "member {member} is listed twice"
+                )));
             }
             Ok(member)
         })
@@ -94,11 +129,21 @@ fn members(request: &PublishRequest) -> Result<Vec<MemberId>, ApiError> {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .map(Some)
-        .ok_or_else(|| ApiError::bad_request(format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ))
+        })
 }

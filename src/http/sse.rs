@@ -40,7 +40,8 @@ pub async fn subscribe(
     let resume = Resume::from_hints(ResumeHints {
         last_event_id_header: header("last-event-id"),
         last_event_id_query: query.get("lastEventId").map(String::as_str),
-        last_message: header("last_message").or_else(|| query.get("last_message").map(String::as_str)),
+        last_message: header("last_message")
+            .or_else(|| query.get("last_message").map(String::as_str)),
     })
     .map_err(|e| ApiError::bad_request(e.to_string()))?;
 
@@ -81,18 +82,36 @@ struct Session {
 }
 
 impl Session {
-    fn new(app: AppState, member: Member, resume: Resume, subscription: Option<Subscription>) -> Self {
+    fn new(
+        app: AppState,
+        member: Member,
+        resume: Resume,
+        subscription: Option<Subscription>,
+    ) -> Self {
         let expires_at = member.expires_at.map(|at| {
-            let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
             Instant::now() + left
         });
         let heartbeat = Box::pin(tokio::time::sleep(app.config.heartbeat));
         let open = OpenStream::new(&app.metrics);
-        Self { app, member: member.id, phase: Phase::Start(resume), subscription, last_sent: StreamId::ZERO, expires_at, heartbeat, _open: open }
+        Self {
+            app,
+            member: member.id,
+            phase: Phase::Start(resume),
+            subscription,
+            last_sent: StreamId::ZERO,
+            expires_at,
+            heartbeat,
+            _open: open,
+        }
     }
 
     fn heartbeat_after_silence(&mut self) {
-        self.heartbeat.as_mut().reset(Instant::now() + self.app.config.heartbeat);
+        self.heartbeat
+            .as_mut()
+            .reset(Instant::now() + self.app.config.heartbeat);
     }
 
     /// The next bytes to write, or `None` to end the stream.
@@ -121,7 +140,12 @@ impl Session {
             }
             Resume::After(after) => after,
         };
-        let head = match self.app.store.replay_head(&self.member, after, REPLAY_BATCH).await {
+        let head = match self
+            .app
+            .store
+            .replay_head(&self.member, after, REPLAY_BATCH)
+            .await
+        {
             Ok(head) => head,
             Err(error) => {
                 self.app.metrics.redis_error("replay");
@@ -140,10 +164,20 @@ impl Session {
         if self.app.shutdown.is_cancelled() {
             return Some(goodbye(self.app.config.retry));
         }
-        match self.app.store.read_after(&self.member, after, REPLAY_BATCH).await {
+        match self
+            .app
+            .store
+            .read_after(&self.member, after, REPLAY_BATCH)
+            .await
+        {
             Ok(entries) => {
                 let mut out = String::new();
-                self.push_entries(&mut out, &entries, after, retention_cutoff_ms(self.app.store.retention()));
+                self.push_entries(
+                    &mut out,
+                    &entries,
+                    after,
+                    retention_cutoff_ms(self.app.store.retention()),
+                );
                 Some(out.into())
             }
             Err(error) => {
@@ -157,7 +191,13 @@ impl Session {
 
     /// Frames retained entries (never one older than the retention window, trimmed or not) and
     /// moves to the next batch, or to live delivery after a short batch.
-    fn push_entries(&mut self, out: &mut String, entries: &[Entry], after: StreamId, cutoff_ms: u64) {
+    fn push_entries(
+        &mut self,
+        out: &mut String,
+        entries: &[Entry],
+        after: StreamId,
+        cutoff_ms: u64,
+    ) {
         let mut replayed = 0;
         for entry in entries.iter().filter(|e| e.id.ms >= cutoff_ms) {
             out.push_str(&notification_frame(entry, &self.member));
@@ -166,7 +206,9 @@ impl Session {
         }
         self.app.metrics.replayed.inc_by(replayed);
         self.phase = match entries.last() {
-            Some(last) if entries.len() == REPLAY_BATCH => Phase::Replay { after: last.id.max(after) },
+            Some(last) if entries.len() == REPLAY_BATCH => Phase::Replay {
+                after: last.id.max(after),
+            },
             _ => Phase::Live,
         };
     }
@@ -206,7 +248,6 @@ impl Session {
             }
         }
     }
-
 }
 
 /// On shutdown: a randomized `retry:` so native clients come back spread over a few seconds, on
@@ -218,7 +259,10 @@ fn goodbye(retry: Duration) -> Bytes {
 }
 
 fn push_connected(out: &mut String, member: &MemberId, recovered: bool) {
-    let _ = write!(out, "event: connected\ndata: {{\"member_id\":\"{member}\",\"recovered\":{recovered}}}\n\n");
+    let _ = write!(
+        out,
+        "event: connected\ndata: {{\"member_id\":\"{member}\",\"recovered\":{recovered}}}\n\n"
+    );
 }
 
 /// Whether every notification after `after` is still retained (API.md, `recovered`).
@@ -239,7 +283,9 @@ fn recovered(after: StreamId, head: &ReplayHead, cutoff_ms: u64) -> bool {
 }
 
 fn retention_cutoff_ms(retention: Duration) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     now.saturating_sub(retention).as_millis() as u64
 }
 

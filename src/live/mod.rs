@@ -63,30 +63,54 @@ pub struct NotReady;
 
 impl Hub {
     pub fn new(metrics: Metrics) -> Self {
-        let inner = HubInner { partitions: Default::default(), next_slot: AtomicU64::new(0), metrics };
-        Self { inner: Arc::new(inner) }
+        let inner = HubInner {
+            partitions: Default::default(),
+            next_slot: AtomicU64::new(0),
+            metrics,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Registers a stream for `member`'s live notifications.
     pub fn subscribe(&self, member: &MemberId) -> Result<Subscription, NotReady> {
         let partition = partition_of(member);
-        if !self.inner.partitions[partition].ready.load(Ordering::Acquire) {
+        if !self.inner.partitions[partition]
+            .ready
+            .load(Ordering::Acquire)
+        {
             return Err(NotReady);
         }
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let id = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
-        self.inner.lock(partition).entry(member.clone()).or_default().push(Slot { id, tx });
-        Ok(Subscription { rx, hub: self.inner.clone(), member: member.clone(), partition, slot: id })
+        self.inner
+            .lock(partition)
+            .entry(member.clone())
+            .or_default()
+            .push(Slot { id, tx });
+        Ok(Subscription {
+            rx,
+            hub: self.inner.clone(),
+            member: member.clone(),
+            partition,
+            slot: id,
+        })
     }
 
     /// Whether every partition has a connected reader.
     pub fn is_ready(&self) -> bool {
-        self.inner.partitions.iter().all(|p| p.ready.load(Ordering::Acquire))
+        self.inner
+            .partitions
+            .iter()
+            .all(|p| p.ready.load(Ordering::Acquire))
     }
 
     fn set_ready(&self, partitions: &[usize], ready: bool) {
         for &p in partitions {
-            self.inner.partitions[p].ready.store(ready, Ordering::Release);
+            self.inner.partitions[p]
+                .ready
+                .store(ready, Ordering::Release);
         }
     }
 
@@ -97,7 +121,9 @@ impl Hub {
         let mut slow = 0;
         let mut subscribers = self.inner.lock(partition);
         for (member, delivery) in deliveries {
-            let Some(slots) = subscribers.get_mut(member) else { continue };
+            let Some(slots) = subscribers.get_mut(member) else {
+                continue;
+            };
             slots.retain(|slot| match slot.tx.try_send(delivery.clone()) {
                 Ok(()) => {
                     delivered += 1;
@@ -117,7 +143,11 @@ impl Hub {
         self.inner.metrics.delivered.inc_by(delivered);
         if slow > 0 {
             self.inner.metrics.slow_client_disconnects.inc_by(slow);
-            tracing::info!(partition, streams = slow, "closed streams that could not keep up");
+            tracing::info!(
+                partition,
+                streams = slow,
+                "closed streams that could not keep up"
+            );
         }
     }
 
@@ -126,14 +156,21 @@ impl Hub {
     fn reset(&self, partition: usize) {
         let dropped = std::mem::take(&mut *self.inner.lock(partition));
         self.inner.metrics.live_gaps.inc();
-        tracing::warn!(partition, members = dropped.len(), "gap in fan-out stream; closing its streams so they resume by id");
+        tracing::warn!(
+            partition,
+            members = dropped.len(),
+            "gap in fan-out stream; closing its streams so they resume by id"
+        );
     }
 }
 
 impl HubInner {
     fn lock(&self, partition: usize) -> MutexGuard<'_, HashMap<MemberId, Vec<Slot>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single-step updates).
-        self.partitions[partition].subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.partitions[partition]
+            .subscribers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

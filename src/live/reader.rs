@@ -21,7 +21,13 @@ const BATCH: usize = 1_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Follows `partitions` until `shutdown`. Never returns early: Redis being away is waited out.
-pub async fn run(store: Store, hub: Hub, metrics: Metrics, partitions: Vec<usize>, shutdown: CancellationToken) {
+pub async fn run(
+    store: Store,
+    hub: Hub,
+    metrics: Metrics,
+    partitions: Vec<usize>,
+    shutdown: CancellationToken,
+) {
     // Known once the first connection positioned the reader; kept across reconnects so nothing
     // appended while Redis was unreachable is skipped.
     let mut positions: Option<BTreeMap<usize, StreamId>> = None;
@@ -77,7 +83,9 @@ async fn follow(
             read = feed.read(positions, BATCH) => read?,
         };
         for (partition, entries) in batches {
-            let Some(position) = positions.get_mut(&partition) else { continue };
+            let Some(position) = positions.get_mut(&partition) else {
+                continue;
+            };
             if entries.first().is_some_and(|first| first.prev != *position) {
                 hub.reset(partition);
             }
@@ -93,13 +101,23 @@ async fn follow(
 
 /// Frames each notification once, whatever the number of its subscribers.
 fn frame(entries: Vec<LiveEntry>, metrics: &Metrics) -> Vec<(MemberId, Arc<Delivery>)> {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     entries
         .into_iter()
         .map(|live| {
-            metrics.delivery_seconds.observe(now_ms.saturating_sub(live.entry.id.ms) as f64 / 1000.0);
+            metrics
+                .delivery_seconds
+                .observe(now_ms.saturating_sub(live.entry.id.ms) as f64 / 1000.0);
             let frame = Bytes::from(notification_frame(&live.entry, &live.member));
-            (live.member, Arc::new(Delivery { id: live.entry.id, frame }))
+            (
+                live.member,
+                Arc::new(Delivery {
+                    id: live.entry.id,
+                    frame,
+                }),
+            )
         })
         .collect()
 }

@@ -58,7 +58,10 @@ pub fn slot(key: &[u8]) -> u16 {
         .position(|&b| b == b'{')
         .and_then(|open| {
             let rest = &key[open + 1..];
-            rest.iter().position(|&b| b == b'}').filter(|&close| close > 0).map(|close| &rest[..close])
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
         })
         .unwrap_or(key);
     crc16(tagged) % 16_384
@@ -68,7 +71,11 @@ pub fn slot(key: &[u8]) -> u16 {
 fn crc16(bytes: &[u8]) -> u16 {
     bytes.iter().fold(0u16, |crc, &byte| {
         (0..8).fold(crc ^ (u16::from(byte) << 8), |crc, _| {
-            if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 }
+            if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            }
         })
     })
 }
@@ -100,7 +107,10 @@ mod tests {
     #[test]
     fn partitions_spread_evenly_over_slots() {
         for k in 0..PARTITIONS {
-            assert_eq!(usize::from(slot(fanout(k).as_bytes())) / (16_384 / PARTITIONS), k);
+            assert_eq!(
+                usize::from(slot(fanout(k).as_bytes())) / (16_384 / PARTITIONS),
+                k
+            );
         }
     }
 }

@@ -72,7 +72,11 @@ pub struct Store {
 impl Store {
     /// Prepares the store without connecting: the service starts, and reports not ready, while
     /// Redis is down.
-    pub fn new(redis_url: &str, retention: Duration, max_per_member: u64) -> Result<Self, StoreError> {
+    pub fn new(
+        redis_url: &str,
+        retention: Duration,
+        max_per_member: u64,
+    ) -> Result<Self, StoreError> {
         let client = Client::open(redis_url)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -80,7 +84,12 @@ impl Store {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        Ok(Self { client, commands, retention, max_per_member })
+        Ok(Self {
+            client,
+            commands,
+            retention,
+            max_per_member,
+        })
     }
 
     pub fn retention(&self) -> Duration {
@@ -88,7 +97,9 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.commands.clone()).await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.commands.clone())
+            .await?;
         Ok(())
     }
 
@@ -100,12 +111,18 @@ impl Store {
         call.arg(retention_ms(self.retention))
             .arg(self.max_per_member)
             .arg(FANOUT_MAXLEN)
-            .arg(if note.idempotency_key.is_some() { "1" } else { "0" })
+            .arg(if note.idempotency_key.is_some() {
+                "1"
+            } else {
+                "0"
+            })
             .arg(note.kind)
             .arg(note.content);
         for member in note.members {
             let partition = keys::partition_of(member);
-            call.key(keys::stream(member)).key(keys::fanout(partition)).key(keys::epoch(partition));
+            call.key(keys::stream(member))
+                .key(keys::fanout(partition))
+                .key(keys::epoch(partition));
             if let Some(key) = note.idempotency_key {
                 call.key(keys::idempotency(member, key));
             }
@@ -113,9 +130,14 @@ impl Store {
         }
         let reply: Vec<Value> = call.invoke_async(&mut self.commands.clone()).await?;
         if reply.len() != 2 * note.members.len() {
-            return Err(StoreError::Reply("publish script returned the wrong number of ids"));
+            return Err(StoreError::Reply(
+                "publish script returned the wrong number of ids",
+            ));
         }
-        let mut appended = Appended { ids: Vec::with_capacity(note.members.len()), created: false };
+        let mut appended = Appended {
+            ids: Vec::with_capacity(note.members.len()),
+            created: false,
+        };
         for pair in reply.chunks_exact(2) {
             appended.ids.push(stream_id(&pair[0])?);
             appended.created |= matches!(pair[1], Value::Int(0));
@@ -125,7 +147,12 @@ impl Store {
 
     /// Reads up to `count` entries after `after`, with the partition epoch and whether the stream
     /// exists, in one pipelined round trip (all keys in one slot).
-    pub async fn replay_head(&self, member: &MemberId, after: StreamId, count: usize) -> Result<ReplayHead, StoreError> {
+    pub async fn replay_head(
+        &self,
+        member: &MemberId,
+        after: StreamId,
+        count: usize,
+    ) -> Result<ReplayHead, StoreError> {
         let stream = keys::stream(member);
         let (epoch, exists, entries): (Option<u64>, bool, Value) = redis::pipe()
             .hget(keys::epoch(keys::partition_of(member)), "ms")
@@ -138,11 +165,20 @@ impl Store {
             .arg(count)
             .query_async(&mut self.commands.clone())
             .await?;
-        Ok(ReplayHead { epoch_ms: epoch, stream_exists: exists, entries: member_entries(entries)? })
+        Ok(ReplayHead {
+            epoch_ms: epoch,
+            stream_exists: exists,
+            entries: member_entries(entries)?,
+        })
     }
 
     /// Reads up to `count` entries strictly after `after`, oldest first.
-    pub async fn read_after(&self, member: &MemberId, after: StreamId, count: usize) -> Result<Vec<Entry>, StoreError> {
+    pub async fn read_after(
+        &self,
+        member: &MemberId,
+        after: StreamId,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         let reply: Value = redis::cmd("XRANGE")
             .arg(keys::stream(member))
             .arg(format!("({after}"))
@@ -160,7 +196,10 @@ impl Store {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
-        let conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         Ok(Feed { conn, block })
     }
 }
@@ -186,14 +225,23 @@ pub struct Feed {
 impl Feed {
     /// Confirms a partition's dataset epoch for the Redis this connection reached (`epoch.lua`).
     pub async fn confirm_epoch(&mut self, partition: usize) -> Result<u64, StoreError> {
-        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut self.conn).await?;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut self.conn)
+            .await?;
         let replid = info
             .lines()
             .find_map(|line| line.strip_prefix("master_replid:"))
             .map(str::trim)
             .ok_or(StoreError::Reply("INFO replication has no master_replid"))?;
-        let epoch: String = scripts::EPOCH.key(keys::epoch(partition)).arg(replid).invoke_async(&mut self.conn).await?;
-        epoch.parse().map_err(|_| StoreError::Reply("epoch is not a number"))
+        let epoch: String = scripts::EPOCH
+            .key(keys::epoch(partition))
+            .arg(replid)
+            .invoke_async(&mut self.conn)
+            .await?;
+        epoch
+            .parse()
+            .map_err(|_| StoreError::Reply("epoch is not a number"))
     }
 
     /// The id of the newest entry of a partition's fan-out stream (`0-0` when empty).
@@ -206,13 +254,23 @@ impl Feed {
             .arg(1)
             .query_async(&mut self.conn)
             .await?;
-        Ok(entries(reply)?.first().map_or(StreamId::ZERO, |(id, _)| *id))
+        Ok(entries(reply)?
+            .first()
+            .map_or(StreamId::ZERO, |(id, _)| *id))
     }
 
     /// Blocks until entries follow `positions` (partition → last id read) or the block time ends.
-    pub async fn read(&mut self, positions: &BTreeMap<usize, StreamId>, count: usize) -> Result<Vec<(usize, Vec<LiveEntry>)>, StoreError> {
+    pub async fn read(
+        &mut self,
+        positions: &BTreeMap<usize, StreamId>,
+        count: usize,
+    ) -> Result<Vec<(usize, Vec<LiveEntry>)>, StoreError> {
         let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(count).arg("BLOCK").arg(self.block.as_millis() as u64).arg("STREAMS");
+        cmd.arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS");
         for &partition in positions.keys() {
             cmd.arg(keys::fanout(partition));
         }
@@ -223,21 +281,32 @@ impl Feed {
         let streams = match reply {
             Value::Nil => return Ok(Vec::new()),
             Value::Array(streams) => streams,
-            Value::Map(streams) => streams.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
+            Value::Map(streams) => streams
+                .into_iter()
+                .map(|(k, v)| Value::Array(vec![k, v]))
+                .collect(),
             _ => return Err(StoreError::Reply("XREAD reply is not an array")),
         };
         let mut batches = Vec::with_capacity(streams.len());
         for stream in streams {
-            let Value::Array(mut pair) = stream else { return Err(StoreError::Reply("XREAD stream is not a pair")) };
-            let (Some(entries_value), Some(Value::BulkString(key))) = (pair.pop(), pair.pop()) else {
+            let Value::Array(mut pair) = stream else {
+                return Err(StoreError::Reply("XREAD stream is not a pair"));
+            };
+            let (Some(entries_value), Some(Value::BulkString(key))) = (pair.pop(), pair.pop())
+            else {
                 return Err(StoreError::Reply("XREAD stream is not a pair"));
             };
             let partition = positions
                 .keys()
                 .copied()
                 .find(|&p| keys::fanout(p).as_bytes() == key.as_slice())
-                .ok_or(StoreError::Reply("XREAD returned a stream it was not asked for"))?;
-            let live = entries(entries_value)?.into_iter().map(live_entry).collect::<Result<_, _>>()?;
+                .ok_or(StoreError::Reply(
+                    "XREAD returned a stream it was not asked for",
+                ))?;
+            let live = entries(entries_value)?
+                .into_iter()
+                .map(live_entry)
+                .collect::<Result<_, _>>()?;
             batches.push((partition, live));
         }
         Ok(batches)
@@ -260,13 +329,17 @@ fn entries(reply: Value) -> Result<Vec<RawEntry>, StoreError> {
     items
         .into_iter()
         .map(|item| {
-            let Value::Array(mut pair) = item else { return Err(StoreError::Reply("stream entry is not a pair")) };
+            let Value::Array(mut pair) = item else {
+                return Err(StoreError::Reply("stream entry is not a pair"));
+            };
             let (Some(Value::Array(flat)), Some(id)) = (pair.pop(), pair.pop()) else {
                 return Err(StoreError::Reply("stream entry is not a pair"));
             };
             let mut fields = Vec::with_capacity(flat.len() / 2);
             let mut flat = flat.into_iter();
-            while let (Some(Value::BulkString(name)), Some(Value::BulkString(value))) = (flat.next(), flat.next()) {
+            while let (Some(Value::BulkString(name)), Some(Value::BulkString(value))) =
+                (flat.next(), flat.next())
+            {
                 fields.push((name, value));
             }
             Ok((stream_id(&id)?, fields))
@@ -275,11 +348,19 @@ fn entries(reply: Value) -> Result<Vec<RawEntry>, StoreError> {
 }
 
 fn member_entries(reply: Value) -> Result<Vec<Entry>, StoreError> {
-    entries(reply)?.into_iter().map(|(id, fields)| entry(id, fields)).collect()
+    entries(reply)?
+        .into_iter()
+        .map(|(id, fields)| entry(id, fields))
+        .collect()
 }
 
 fn entry(id: StreamId, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Entry, StoreError> {
-    let mut entry = Entry { id, prev: StreamId::ZERO, kind: String::new(), content: String::new() };
+    let mut entry = Entry {
+        id,
+        prev: StreamId::ZERO,
+        kind: String::new(),
+        content: String::new(),
+    };
     let mut has_content = false;
     for (name, value) in fields {
         match name.as_slice() {
@@ -304,7 +385,13 @@ fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
     for (name, value) in fields {
         match name.as_slice() {
             b"p" => prev = Some(parse_id(&value)?),
-            b"m" => member = Some(utf8(value)?.parse().map_err(|_| StoreError::Reply("fan-out member id is invalid"))?),
+            b"m" => {
+                member = Some(
+                    utf8(value)?
+                        .parse()
+                        .map_err(|_| StoreError::Reply("fan-out member id is invalid"))?,
+                )
+            }
             b"i" => note_id = Some(parse_id(&value)?),
             _ => rest.push((name, value)),
         }
@@ -312,7 +399,12 @@ fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
     let (Some(prev), Some(member), Some(note_id)) = (prev, member, note_id) else {
         return Err(StoreError::Reply("fan-out entry lacks p, m or i"));
     };
-    Ok(LiveEntry { id, prev, member, entry: entry(note_id, rest)? })
+    Ok(LiveEntry {
+        id,
+        prev,
+        member,
+        entry: entry(note_id, rest)?,
+    })
 }
 
 fn stream_id(value: &Value) -> Result<StreamId, StoreError> {
@@ -324,7 +416,10 @@ fn stream_id(value: &Value) -> Result<StreamId, StoreError> {
 }
 
 fn parse_id(bytes: &[u8]) -> Result<StreamId, StoreError> {
-    std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()).ok_or(StoreError::Reply("malformed stream id"))
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(StoreError::Reply("malformed stream id"))
 }
 
 fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {

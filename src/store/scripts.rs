@@ -5,5 +5,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../migrations-lua/publish.lua")));
-pub static EPOCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../migrations-lua/epoch.lua")));
+pub static PUBLISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../migrations-lua/publish.lua")));
+pub static EPOCH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../migrations-lua/epoch.lua")));

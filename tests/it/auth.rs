@@ -15,8 +15,16 @@ async fn missing_forged_and_expired_tokens_get_a_json_401() {
     let forged = sse_notify::http::auth::sign_hs256(&json!({"sub": "42"}), b"not-the-secret");
     let expired = token_with(json!({"sub": "42", "exp": now_secs() - 5}));
     let bad_member = token_with(json!({"sub": "42:admin"}));
-    for bearer in [None, Some("garbage"), Some(forged.as_str()), Some(expired.as_str()), Some(bad_member.as_str())] {
-        let response = app.subscribe_response("/notification/subscribe", bearer, &[]).await;
+    for bearer in [
+        None,
+        Some("garbage"),
+        Some(forged.as_str()),
+        Some(expired.as_str()),
+        Some(bad_member.as_str()),
+    ] {
+        let response = app
+            .subscribe_response("/notification/subscribe", bearer, &[])
+            .await;
         assert_eq!(response.status(), 401, "{bearer:?}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"], "unauthorized");
@@ -28,13 +36,33 @@ async fn missing_forged_and_expired_tokens_get_a_json_401() {
 async fn tokens_are_read_from_header_cookie_and_query_and_never_logged_by_path() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
-    let by_cookie = app.subscribe_response("/notification/subscribe", None, &[("cookie", &format!("theme=dark; access_token={}", token("c")))]).await;
+    let by_cookie = app
+        .subscribe_response(
+            "/notification/subscribe",
+            None,
+            &[(
+                "cookie",
+                &format!("theme=dark; access_token={}", token("c")),
+            )],
+        )
+        .await;
     assert_eq!(by_cookie.status(), 200);
-    let by_query = app.subscribe_response(&format!("/notification/subscribe?access_token={}", token("q")), None, &[]).await;
+    let by_query = app
+        .subscribe_response(
+            &format!("/notification/subscribe?access_token={}", token("q")),
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(by_query.status(), 200);
     // The header wins over cookie and query: the stream is member h's.
     let mut by_header = SseStream::new(
-        app.subscribe_response(&format!("/notification/subscribe?access_token={}", token("q")), Some(&token("h")), &[]).await,
+        app.subscribe_response(
+            &format!("/notification/subscribe?access_token={}", token("q")),
+            Some(&token("h")),
+            &[],
+        )
+        .await,
     );
     by_header.next(WAIT).await.unwrap();
     assert_eq!(by_header.next(WAIT).await.unwrap().json()["member_id"], "h");
@@ -47,9 +75,18 @@ async fn a_member_never_sees_another_members_notifications() {
     let app = TestApp::start(&redis.url(), &[]).await;
     let secret = app.publish("victim", json!("private")).await;
     // Asking for someone else's stream by parameter does nothing in jwt mode: the token decides.
-    let mut stream = app.subscribe("attacker", "?member_id=victim&lastEventId=0-0", &[("member_id", "victim")]).await;
+    let mut stream = app
+        .subscribe(
+            "attacker",
+            "?member_id=victim&lastEventId=0-0",
+            &[("member_id", "victim")],
+        )
+        .await;
     stream.next(WAIT).await.unwrap();
-    assert_eq!(stream.next(WAIT).await.unwrap().json()["member_id"], "attacker");
+    assert_eq!(
+        stream.next(WAIT).await.unwrap().json()["member_id"],
+        "attacker"
+    );
     let mine = app.publish("attacker", json!("mine")).await;
     let event = stream.next_notification(WAIT).await;
     assert_eq!(event.id, Some(mine));
@@ -64,7 +101,13 @@ async fn a_member_never_sees_another_members_notifications() {
         .json()
         .await
         .unwrap();
-    assert!(history["notifications"].as_array().unwrap().iter().all(|n| n["member_id"] == "attacker"));
+    assert!(
+        history["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["member_id"] == "attacker")
+    );
     app.stop().await;
 }
 
@@ -73,10 +116,17 @@ async fn an_open_stream_ends_when_its_token_expires() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     let short = token_with(json!({"sub": "42", "exp": now_secs() + 2}));
-    let mut stream = SseStream::new(app.subscribe_response("/notification/subscribe", Some(&short), &[]).await);
+    let mut stream = SseStream::new(
+        app.subscribe_response("/notification/subscribe", Some(&short), &[])
+            .await,
+    );
     let frames = stream.until_closed(Duration::from_secs(6)).await;
     assert!(stream.ended);
-    assert_eq!(frames.len(), 2, "retry and connected, then the close: {frames:?}");
+    assert_eq!(
+        frames.len(),
+        2,
+        "retry and connected, then the close: {frames:?}"
+    );
     app.stop().await;
 }
 
@@ -84,14 +134,30 @@ async fn an_open_stream_ends_when_its_token_expires() {
 async fn gateway_mode_trusts_the_member_id_header_or_query() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &["--auth-mode", "gateway"]).await;
-    let mut by_header = SseStream::new(app.subscribe_response("/notification/subscribe", None, &[("member_id", "g1")]).await);
+    let mut by_header = SseStream::new(
+        app.subscribe_response("/notification/subscribe", None, &[("member_id", "g1")])
+            .await,
+    );
     by_header.next(WAIT).await.unwrap();
-    assert_eq!(by_header.next(WAIT).await.unwrap().json()["member_id"], "g1");
-    let mut by_query = SseStream::new(app.subscribe_response("/notification/subscribe?member_id=g2", None, &[]).await);
+    assert_eq!(
+        by_header.next(WAIT).await.unwrap().json()["member_id"],
+        "g1"
+    );
+    let mut by_query = SseStream::new(
+        app.subscribe_response("/notification/subscribe?member_id=g2", None, &[])
+            .await,
+    );
     by_query.next(WAIT).await.unwrap();
     assert_eq!(by_query.next(WAIT).await.unwrap().json()["member_id"], "g2");
-    for path in ["/notification/subscribe", "/notification/subscribe?member_id=a%20b"] {
-        assert_eq!(app.subscribe_response(path, None, &[]).await.status(), 401, "{path}");
+    for path in [
+        "/notification/subscribe",
+        "/notification/subscribe?member_id=a%20b",
+    ] {
+        assert_eq!(
+            app.subscribe_response(path, None, &[]).await.status(),
+            401,
+            "{path}"
+        );
     }
     app.stop().await;
 }

@@ -3,6 +3,7 @@
 mod support;
 
 mod auth;
+mod compose;
 mod history;
 mod ops;
 mod publish;

@@ -13,7 +13,12 @@ async fn one_publish_reaches_every_listed_member() {
     for member in ["1", "2", "3"] {
         streams.push(app.subscribe(member, "", &[]).await);
     }
-    let response = app.publish_raw(json!({"member_ids": ["1", "2", 3], "type": "follow", "content": {"by": "x"}}), &[]).await;
+    let response = app
+        .publish_raw(
+            json!({"member_ids": ["1", "2", 3], "type": "follow", "content": {"by": "x"}}),
+            &[],
+        )
+        .await;
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.unwrap();
     let ids = body["ids"].as_array().unwrap();
@@ -32,13 +37,19 @@ async fn a_repeated_idempotency_key_creates_nothing_and_returns_the_same_ids() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     let body = json!({"member_ids": ["7", "8"], "content": "once"});
-    let first = app.publish_raw(body.clone(), &[("Idempotency-Key", "order-17/shipped")]).await;
+    let first = app
+        .publish_raw(body.clone(), &[("Idempotency-Key", "order-17/shipped")])
+        .await;
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
-    let again = app.publish_raw(body.clone(), &[("Idempotency-Key", "order-17/shipped")]).await;
+    let again = app
+        .publish_raw(body.clone(), &[("Idempotency-Key", "order-17/shipped")])
+        .await;
     assert_eq!(again.status(), 200);
     assert_eq!(again.json::<Value>().await.unwrap(), first);
-    let other = app.publish_raw(body, &[("Idempotency-Key", "order-18/shipped")]).await;
+    let other = app
+        .publish_raw(body, &[("Idempotency-Key", "order-18/shipped")])
+        .await;
     assert_eq!(other.status(), 201);
 
     // Exactly two notifications stored for member 7.
@@ -63,7 +74,11 @@ async fn bad_publish_requests_get_clear_json_errors() {
     let app = TestApp::start(&redis.url(), &[]).await;
     let url = format!("{}/notifications", app.url);
     let send = |token: Option<&'static str>, body: String| {
-        let mut request = app.client.post(&url).header("content-type", "application/json").body(body);
+        let mut request = app
+            .client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -71,17 +86,62 @@ async fn bad_publish_requests_get_clear_json_errors() {
     };
     let ok = Some(PUBLISH_TOKEN);
     let cases = [
-        (None, r#"{"member_id":"1","content":1}"#.to_owned(), 401, "unauthorized"),
-        (Some("wrong"), r#"{"member_id":"1","content":1}"#.to_owned(), 401, "unauthorized"),
-        (ok, r#"{"member_id":"1","content":"#.to_owned(), 400, "bad_request"),
+        (
+            None,
+            r#"{"member_id":"1","content":1}"#.to_owned(),
+            401,
+            "unauthorized",
+        ),
+        (
+            Some("wrong"),
+            r#"{"member_id":"1","content":1}"#.to_owned(),
+            401,
+            "unauthorized",
+        ),
+        (
+            ok,
+            r#"{"member_id":"1","content":"#.to_owned(),
+            400,
+            "bad_request",
+        ),
         (ok, r#"{"content":1}"#.to_owned(), 400, "bad_request"),
         (ok, r#"{"member_id":"1"}"#.to_owned(), 400, "bad_request"),
-        (ok, r#"{"member_id":"a b","content":1}"#.to_owned(), 400, "bad_request"),
-        (ok, r#"{"member_id":"1","member_ids":["2"],"content":1}"#.to_owned(), 400, "bad_request"),
-        (ok, r#"{"member_ids":[],"content":1}"#.to_owned(), 400, "bad_request"),
-        (ok, r#"{"member_ids":["1","1"],"content":1}"#.to_owned(), 400, "bad_request"),
-        (ok, r#"{"member_id":"1","type":"","content":1}"#.to_owned(), 400, "bad_request"),
-        (ok, format!(r#"{{"member_id":"1","content":"{}"}}"#, "x".repeat(70_000)), 413, "payload_too_large"),
+        (
+            ok,
+            r#"{"member_id":"a b","content":1}"#.to_owned(),
+            400,
+            "bad_request",
+        ),
+        (
+            ok,
+            r#"{"member_id":"1","member_ids":["2"],"content":1}"#.to_owned(),
+            400,
+            "bad_request",
+        ),
+        (
+            ok,
+            r#"{"member_ids":[],"content":1}"#.to_owned(),
+            400,
+            "bad_request",
+        ),
+        (
+            ok,
+            r#"{"member_ids":["1","1"],"content":1}"#.to_owned(),
+            400,
+            "bad_request",
+        ),
+        (
+            ok,
+            r#"{"member_id":"1","type":"","content":1}"#.to_owned(),
+            400,
+            "bad_request",
+        ),
+        (
+            ok,
+            format!(r#"{{"member_id":"1","content":"{}"}}"#, "x".repeat(70_000)),
+            413,
+            "payload_too_large",
+        ),
     ];
     for (token, body, status, code) in cases {
         let response = send(token, body.clone()).await.unwrap();
@@ -90,9 +150,16 @@ async fn bad_publish_requests_get_clear_json_errors() {
         assert_eq!(json["error"], code, "{}", &body[..body.len().min(80)]);
     }
     // Null content is content.
-    let response = send(ok, r#"{"member_id":"1","content":null}"#.to_owned()).await.unwrap();
+    let response = send(ok, r#"{"member_id":"1","content":null}"#.to_owned())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
-    let bad_key = app.publish_raw(json!({"member_id": "1", "content": 1}), &[("Idempotency-Key", "has space")]).await;
+    let bad_key = app
+        .publish_raw(
+            json!({"member_id": "1", "content": 1}),
+            &[("Idempotency-Key", "has space")],
+        )
+        .await;
     assert_eq!(bad_key.status(), 400);
     app.stop().await;
 }
@@ -101,7 +168,9 @@ async fn bad_publish_requests_get_clear_json_errors() {
 async fn publishing_is_refused_when_no_publish_token_is_configured() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &["--publish-token", ""]).await;
-    let response = app.publish_raw(json!({"member_id": "1", "content": 1}), &[]).await;
+    let response = app
+        .publish_raw(json!({"member_id": "1", "content": 1}), &[])
+        .await;
     assert_eq!(response.status(), 401);
     app.stop().await;
 }
@@ -111,7 +180,9 @@ async fn publish_answers_503_while_redis_is_down_and_writes_nothing_half() {
     let mut redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     redis.stop();
-    let response = app.publish_raw(json!({"member_ids": ["1", "2"], "content": 1}), &[]).await;
+    let response = app
+        .publish_raw(json!({"member_ids": ["1", "2"], "content": 1}), &[])
+        .await;
     assert_eq!(response.status(), 503);
     let json: Value = response.json().await.unwrap();
     assert_eq!(json["error"], "store_unavailable");

@@ -23,22 +23,40 @@ impl Browser {
         let ids = Arc::new(Mutex::new(Vec::new()));
         let recovered = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
-        let (ids2, recovered2, stop2, member) = (ids.clone(), recovered.clone(), stop.clone(), member.to_owned());
+        let (ids2, recovered2, stop2, member) = (
+            ids.clone(),
+            recovered.clone(),
+            stop.clone(),
+            member.to_owned(),
+        );
         let task = tokio::spawn(async move {
             let client = reqwest::Client::new();
             for url in urls.iter().cycle() {
-                let last = ids2.lock().unwrap().last().cloned();
-                let mut request = client.get(format!("{url}/notification/subscribe")).bearer_auth(token(&member));
+                let last = ids2.lock().expect("lock not poisoned").last().cloned();
+                let mut request = client
+                    .get(format!("{url}/notification/subscribe"))
+                    .bearer_auth(token(&member));
                 if let Some(last) = last {
                     request = request.header("Last-Event-ID", last);
                 }
                 let session = async {
-                    let Ok(response) = request.send().await else { return };
+                    let Ok(response) = request.send().await else {
+                        return;
+                    };
                     let mut stream = SseStream::new(response);
                     while let Some(event) = stream.next(Duration::from_secs(60)).await {
                         match event.event.as_deref() {
-                            Some("connected") => recovered2.lock().unwrap().push(event.json()["recovered"].as_bool().unwrap()),
-                            Some("notification") => ids2.lock().unwrap().push(event.id.unwrap()),
+                            Some("connected") => {
+                                recovered2.lock().expect("lock not poisoned").push(
+                                    event.json()["recovered"]
+                                        .as_bool()
+                                        .expect("recovered is a bool"),
+                                )
+                            }
+                            Some("notification") => ids2
+                                .lock()
+                                .expect("lock not poisoned")
+                                .push(event.id.expect("notifications carry an id")),
                             _ => {}
                         }
                     }
@@ -50,23 +68,32 @@ impl Browser {
                 tokio::time::sleep(Duration::from_millis(100)).await; // the `retry:` delay, shortened
             }
         });
-        Self { ids, recovered, stop, task }
+        Self {
+            ids,
+            recovered,
+            stop,
+            task,
+        }
     }
 
     async fn wait_for(&self, expected: &[String]) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while self.ids.lock().unwrap().len() < expected.len() {
-            assert!(tokio::time::Instant::now() < deadline, "received {:?}, expected {expected:?}", self.ids.lock().unwrap());
+        while self.ids.lock().expect("lock not poisoned").len() < expected.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "received {:?}, expected {expected:?}",
+                self.ids.lock().expect("lock not poisoned")
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Exactly once, in order: no duplicate may arrive late either.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(*self.ids.lock().unwrap(), expected);
+        assert_eq!(*self.ids.lock().expect("lock not poisoned"), expected);
     }
 
     async fn close(self) {
         self.stop.cancel();
-        self.task.await.unwrap();
+        self.task.await.expect("the browser task did not panic");
     }
 }
 
@@ -74,12 +101,20 @@ impl Browser {
 async fn publish_when_possible(app: &TestApp, member: &str, content: Value) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let response = app.publish_raw(json!({"member_id": member, "content": content}), &[]).await;
+        let response = app
+            .publish_raw(json!({"member_id": member, "content": content}), &[])
+            .await;
         if response.status() == 201 {
-            return response.json::<Value>().await.unwrap()["ids"][0].as_str().unwrap().to_owned();
+            return response.json::<Value>().await.expect("a JSON body")["ids"][0]
+                .as_str()
+                .expect("an id")
+                .to_owned();
         }
         assert_eq!(response.status(), 503);
-        assert!(tokio::time::Instant::now() < deadline, "redis never came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis never came back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -93,10 +128,17 @@ async fn two_instances_deliver_each_others_publishes_and_a_client_moves_between_
     on_a.next(WAIT).await.unwrap();
     on_a.next(WAIT).await.unwrap();
     let first = b.publish("42", json!("from b")).await;
-    assert_eq!(on_a.next_notification(WAIT).await.id.as_deref(), Some(first.as_str()));
+    assert_eq!(
+        on_a.next_notification(WAIT).await.id.as_deref(),
+        Some(first.as_str())
+    );
     drop(on_a); // the client is cut from a
 
-    let missed: Vec<String> = [a.publish("42", json!(1)).await, b.publish("42", json!(2)).await].into();
+    let missed: Vec<String> = [
+        a.publish("42", json!(1)).await,
+        b.publish("42", json!(2)).await,
+    ]
+    .into();
     let mut on_b = b.subscribe("42", "", &[("Last-Event-ID", &first)]).await;
     on_b.next(WAIT).await.unwrap();
     assert_eq!(on_b.next(WAIT).await.unwrap().json()["recovered"], true);
@@ -122,7 +164,14 @@ async fn a_client_killed_instance_resumes_on_another_with_nothing_lost() {
         expected.push(b.publish("42", json!(i)).await);
     }
     browser.wait_for(&expected).await;
-    assert!(browser.recovered.lock().unwrap().iter().all(|r| *r));
+    assert!(
+        browser
+            .recovered
+            .lock()
+            .expect("lock not poisoned")
+            .iter()
+            .all(|r| *r)
+    );
     browser.close().await;
     b.stop().await;
 }
@@ -135,11 +184,20 @@ async fn subscribing_while_redis_is_away_answers_200_with_only_retry() {
     // The reader notices the lost connection at once (its socket closes).
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let status = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap().status();
+        let status = app
+            .client
+            .get(format!("{}/readyz", app.url))
+            .send()
+            .await
+            .unwrap()
+            .status();
         if status == 503 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "readyz still 200 with redis down");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz still 200 with redis down"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for query in ["", "?lastEventId=0-0"] {
@@ -165,7 +223,10 @@ async fn redis_restarting_under_open_streams_loses_nothing_published_after_it_re
     }
     browser.wait_for(&expected).await;
     // The restart lost data, and a client positioned before it is told so.
-    assert_eq!(browser.recovered.lock().unwrap().last(), Some(&false));
+    assert_eq!(
+        browser.recovered.lock().expect("lock not poisoned").last(),
+        Some(&false)
+    );
     browser.close().await;
     app.stop().await;
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{RedisServer, TestApp, WAIT};
+use crate::support::{RedisServer, TestApp, WAIT, id_order};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_stream_sends_retry_connected_then_live_notifications_framed_exactly() {
@@ -17,17 +17,31 @@ async fn fresh_stream_sends_retry_connected_then_live_notifications_framed_exact
     let connected = stream.next(WAIT).await.unwrap();
     assert_eq!(connected.event.as_deref(), Some("connected"));
     assert_eq!(connected.id, None, "control events never carry an id");
-    assert_eq!(connected.json(), json!({"member_id": "42", "recovered": true}));
+    assert_eq!(
+        connected.json(),
+        json!({"member_id": "42", "recovered": true})
+    );
 
-    let id = app.publish("42", json!({"text": "line one\nline two\r\nevent: fake\r\n\r\ndata: x"})).await;
+    let id = app
+        .publish(
+            "42",
+            json!({"text": "line one\nline two\r\nevent: fake\r\n\r\ndata: x"}),
+        )
+        .await;
     let notification = stream.next_notification(WAIT).await;
     let time: u64 = id.split('-').next().unwrap().parse().unwrap();
     let expected_data = format!(
         r#"{{"id":"{id}","member_id":"42","type":"test","content":{{"text":"line one\nline two\r\nevent: fake\r\n\r\ndata: x"}},"time":{time}}}"#
     );
     let expected_frame = format!("id: {id}\nevent: notification\ndata: {expected_data}\n\n");
-    assert!(stream.raw.ends_with(&expected_frame), "raw stream: {:?}", stream.raw);
-    assert!(stream.raw.starts_with("retry: 2500\n\nevent: connected\ndata: {\"member_id\":\"42\",\"recovered\":true}\n\n"));
+    assert!(
+        stream.raw.ends_with(&expected_frame),
+        "raw stream: {:?}",
+        stream.raw
+    );
+    assert!(stream.raw.starts_with(
+        "retry: 2500\n\nevent: connected\ndata: {\"member_id\":\"42\",\"recovered\":true}\n\n"
+    ));
     assert_eq!(notification.id.as_deref(), Some(id.as_str()));
     app.stop().await;
 }
@@ -37,7 +51,9 @@ async fn subscribe_answers_with_sse_headers_on_both_spellings() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     for path in ["/notification/subscribe", "/notification/subscribe/"] {
-        let response = app.subscribe_response(path, Some(&crate::support::token("42")), &[]).await;
+        let response = app
+            .subscribe_response(path, Some(&crate::support::token("42")), &[])
+            .await;
         assert_eq!(response.status(), 200, "{path}");
         let headers = response.headers();
         assert_eq!(headers["content-type"], "text/event-stream");
@@ -58,7 +74,13 @@ async fn publish_n(app: &TestApp, member: &str, n: usize) -> Vec<String> {
 async fn replayed_ids(stream: &mut crate::support::sse::SseStream, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
-        ids.push(stream.next_notification(WAIT).await.id.unwrap());
+        ids.push(
+            stream
+                .next_notification(WAIT)
+                .await
+                .id
+                .expect("notifications carry an id"),
+        );
     }
     ids
 }
@@ -76,7 +98,10 @@ async fn resumes_after_last_event_id_header_without_duplicates() {
     assert_eq!(replayed_ids(&mut stream, 3).await, ids[2..]);
 
     let live = app.publish("42", json!("live")).await;
-    assert_eq!(stream.next_notification(WAIT).await.id.as_deref(), Some(live.as_str()));
+    assert_eq!(
+        stream.next_notification(WAIT).await.id.as_deref(),
+        Some(live.as_str())
+    );
     app.stop().await;
 }
 
@@ -85,7 +110,9 @@ async fn resumes_from_the_last_event_id_query_of_polyfills() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     let ids = publish_n(&app, "42", 4).await;
-    let mut stream = app.subscribe("42", &format!("?lastEventId={}", ids[2]), &[]).await;
+    let mut stream = app
+        .subscribe("42", &format!("?lastEventId={}", ids[2]), &[])
+        .await;
     assert_eq!(replayed_ids(&mut stream, 1).await, ids[3..]);
     app.stop().await;
 }
@@ -96,7 +123,9 @@ async fn header_position_beats_query_and_last_message() {
     let app = TestApp::start(&redis.url(), &[]).await;
     let ids = publish_n(&app, "42", 4).await;
     let query = format!("?lastEventId={}&last_message=0", ids[0]);
-    let mut stream = app.subscribe("42", &query, &[("Last-Event-ID", &ids[2])]).await;
+    let mut stream = app
+        .subscribe("42", &query, &[("Last-Event-ID", &ids[2])])
+        .await;
     assert_eq!(replayed_ids(&mut stream, 1).await, ids[3..]);
     app.stop().await;
 }
@@ -108,19 +137,29 @@ async fn last_message_replays_from_that_millisecond_and_empty_replays_nothing() 
     let ids = publish_n(&app, "42", 6).await;
     let ms = ids[3].split('-').next().unwrap().to_owned();
     // Everything whose time is at or after that millisecond: entries sharing it included.
-    let expected: Vec<String> = ids.iter().filter(|id| id.split('-').next().unwrap() >= ms.as_str()).cloned().collect();
+    let expected: Vec<String> = ids
+        .iter()
+        .filter(|id| id.split('-').next().unwrap() >= ms.as_str())
+        .cloned()
+        .collect();
     assert!(expected.len() >= 3);
 
     let mut by_header = app.subscribe("42", "", &[("last_message", &ms)]).await;
     assert_eq!(replayed_ids(&mut by_header, expected.len()).await, expected);
-    let mut by_query = app.subscribe("42", &format!("?last_message={ms}"), &[]).await;
+    let mut by_query = app
+        .subscribe("42", &format!("?last_message={ms}"), &[])
+        .await;
     assert_eq!(replayed_ids(&mut by_query, expected.len()).await, expected);
 
     let mut empty = app.subscribe("42", "?last_message=empty", &[]).await;
     empty.next(WAIT).await.unwrap(); // retry
     assert_eq!(empty.next(WAIT).await.unwrap().json()["recovered"], true);
     let live = app.publish("42", json!("after")).await;
-    assert_eq!(empty.next_notification(WAIT).await.id, Some(live), "nothing replayed before the live one");
+    assert_eq!(
+        empty.next_notification(WAIT).await.id,
+        Some(live),
+        "nothing replayed before the live one"
+    );
     app.stop().await;
 }
 
@@ -200,13 +239,13 @@ async fn publishing_during_a_large_replay_delivers_every_id_once_in_order() {
     let received = replayed_ids(&mut stream, total).await;
     let mut expected = backlog;
     expected.extend(racing.await.unwrap());
-    let key = |id: &String| {
-        let (ms, seq) = id.split_once('-').unwrap();
-        (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
-    };
+    let key = |id: &String| id_order(id);
     expected.sort_by_key(key);
     assert_eq!(received.len(), expected.len());
-    assert!(received.windows(2).all(|w| key(&w[0]) < key(&w[1])), "ids strictly increasing");
+    assert!(
+        received.windows(2).all(|w| key(&w[0]) < key(&w[1])),
+        "ids strictly increasing"
+    );
     assert_eq!(received, expected, "every id exactly once, in order");
     app.stop().await;
 }
@@ -226,11 +265,18 @@ async fn every_stream_of_a_member_receives_and_other_members_see_nothing() {
     }
     let id = app.publish("alice", json!("for alice")).await;
     for tab in &mut tabs {
-        assert_eq!(tab.next_notification(WAIT).await.id.as_deref(), Some(id.as_str()));
+        assert_eq!(
+            tab.next_notification(WAIT).await.id.as_deref(),
+            Some(id.as_str())
+        );
     }
     let for_bob = app.publish("bob", json!("for bob")).await;
     let event = bob.next_notification(WAIT).await;
-    assert_eq!(event.id, Some(for_bob), "bob's first notification is his own");
+    assert_eq!(
+        event.id,
+        Some(for_bob),
+        "bob's first notification is his own"
+    );
     assert!(!bob.raw.contains("for alice"));
     let _ = tokio::time::timeout(Duration::from_millis(200), tabs[0].next(WAIT)).await;
     assert!(!tabs[0].raw.contains("for bob"));

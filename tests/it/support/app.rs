@@ -31,7 +31,9 @@ impl TestApp {
     }
 
     pub async fn start_on(addr: &str, redis_url: &str, extra: &[&str]) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("bind the test listener");
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("bind the test listener");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let argv = [
             "sse-notify",
@@ -46,10 +48,16 @@ impl TestApp {
         ]
         .into_iter()
         .chain(extra.iter().copied());
-        let config = Config::try_from(Args::try_parse_from(argv).expect("test args parse")).expect("test config is valid");
+        let config = Config::try_from(Args::try_parse_from(argv).expect("test args parse"))
+            .expect("test config is valid");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(sse_notify::app::run(config, listener, shutdown.clone()));
-        let app = Self { url, shutdown, handle, client: reqwest::Client::new() };
+        let app = Self {
+            url,
+            shutdown,
+            handle,
+            client: reqwest::Client::new(),
+        };
         app.wait_ready().await;
         app
     }
@@ -58,11 +66,20 @@ impl TestApp {
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let ready = self.client.get(format!("{}/readyz", self.url)).send().await.map(|r| r.status().is_success());
+            let ready = self
+                .client
+                .get(format!("{}/readyz", self.url))
+                .send()
+                .await
+                .map(|r| r.status().is_success());
             if ready.unwrap_or(false) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "instance at {} not ready within {WAIT:?}", self.url);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "instance at {} not ready within {WAIT:?}",
+                self.url
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -70,18 +87,31 @@ impl TestApp {
     /// Cancels the token and waits for `app::run` to return.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.handle).await.expect("instance stops in time").expect("task joined").expect("run returned Ok");
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("instance stops in time")
+            .expect("task joined")
+            .expect("run returned Ok");
     }
 
     pub async fn publish(&self, member: &str, content: Value) -> String {
-        let response = self.publish_raw(json!({ "member_id": member, "type": "test", "content": content }), &[]).await;
+        let response = self
+            .publish_raw(
+                json!({ "member_id": member, "type": "test", "content": content }),
+                &[],
+            )
+            .await;
         assert_eq!(response.status(), 201, "publish failed");
         let body: Value = response.json().await.expect("publish answers JSON");
         body["ids"][0].as_str().expect("one id").to_owned()
     }
 
     pub async fn publish_raw(&self, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut request = self.client.post(format!("{}/notifications", self.url)).bearer_auth(PUBLISH_TOKEN).json(&body);
+        let mut request = self
+            .client
+            .post(format!("{}/notifications", self.url))
+            .bearer_auth(PUBLISH_TOKEN)
+            .json(&body);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -89,22 +119,45 @@ impl TestApp {
     }
 
     /// Opens a subscription for `member` with a bearer token and the given extra headers.
-    pub async fn subscribe(&self, member: &str, query: &str, headers: &[(&str, &str)]) -> SseStream {
-        let response = self.subscribe_response(&format!("/notification/subscribe{query}"), Some(&token(member)), headers).await;
+    pub async fn subscribe(
+        &self,
+        member: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> SseStream {
+        let response = self
+            .subscribe_response(
+                &format!("/notification/subscribe{query}"),
+                Some(&token(member)),
+                headers,
+            )
+            .await;
         assert_eq!(response.status(), 200, "subscribe failed");
         SseStream::new(response)
     }
 
-    pub async fn subscribe_response(&self, path_and_query: &str, bearer: Option<&str>, headers: &[(&str, &str)]) -> reqwest::Response {
+    pub async fn subscribe_response(
+        &self,
+        path_and_query: &str,
+        bearer: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut request = self.client.get(format!("{}{path_and_query}", self.url));
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
         let mut map = HeaderMap::new();
         for (name, value) in headers {
-            map.insert(reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"), value.parse().expect("header value"));
+            map.insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                value.parse().expect("header value"),
+            );
         }
-        request.headers(map).send().await.expect("subscribe request")
+        request
+            .headers(map)
+            .send()
+            .await
+            .expect("subscribe request")
     }
 }
 
@@ -118,5 +171,8 @@ pub fn token_with(claims: Value) -> String {
 }
 
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
 }

@@ -64,15 +64,31 @@ impl RedisServer {
 
 fn spawn(port: u16) -> Option<RedisServer> {
     let mut process = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("redis-server is not installed (apt-get install redis-server)");
     let mut log = BufReader::new(process.stdout.take().expect("stdout is piped")).lines();
     // Ready when *our* child says so; if the port was taken it exits and `any` hits EOF.
-    if log.by_ref().map_while(Result::ok).any(|l| l.contains("Ready to accept connections")) {
+    if log
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Ready to accept connections"))
+    {
         thread::spawn(move || log.for_each(drop)); // keep draining: a full pipe blocks redis
-        return Some(RedisServer { process: Some(process), port });
+        return Some(RedisServer {
+            process: Some(process),
+            port,
+        });
     }
     let _ = process.wait();
     None

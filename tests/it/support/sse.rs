@@ -17,7 +17,8 @@ pub struct Event {
 
 impl Event {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {:?}", self.data))
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("data is not JSON ({e}): {:?}", self.data))
     }
 }
 
@@ -31,12 +32,19 @@ pub struct SseStream {
 
 impl SseStream {
     pub fn new(response: Response) -> Self {
-        Self { body: response.bytes_stream().boxed(), buffer: String::new(), raw: String::new(), ended: false }
+        Self {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+            raw: String::new(),
+            ended: false,
+        }
     }
 
     /// The next frame (event, comment or retry), `None` when the stream ended; panics after `wait`.
     pub async fn next(&mut self, wait: Duration) -> Option<Event> {
-        tokio::time::timeout(wait, self.next_frame()).await.unwrap_or_else(|_| panic!("no SSE frame within {wait:?}; got so far: {:?}", self.raw))
+        tokio::time::timeout(wait, self.next_frame())
+            .await
+            .unwrap_or_else(|_| panic!("no SSE frame within {wait:?}; got so far: {:?}", self.raw))
     }
 
     async fn next_frame(&mut self) -> Option<Event> {
@@ -62,7 +70,10 @@ impl SseStream {
     /// The next event that is a notification, skipping heartbeats.
     pub async fn next_notification(&mut self, wait: Duration) -> Event {
         loop {
-            let event = self.next(wait).await.expect("stream ended before a notification");
+            let event = self
+                .next(wait)
+                .await
+                .expect("stream ended before a notification");
             if event.event.as_deref() == Some("notification") {
                 return event;
             }
@@ -87,7 +98,9 @@ fn parse(frame: &str) -> Event {
             event.comment = Some(comment.trim().to_owned());
             continue;
         }
-        let (field, value) = line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+        let (field, value) = line
+            .split_once(':')
+            .map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
         match field {
             "id" => event.id = Some(value.to_owned()),
             "event" => event.event = Some(value.to_owned()),

