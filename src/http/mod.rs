@@ -55,9 +55,16 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    // The span names the path only: a query string may carry an access token.
+    // The span names the path only: a query string may carry an access token. The request id is
+    // the caller's `x-request-id` when it sends one (a gateway's), so logs join up across hops.
     router.layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-        tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128)
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), %request_id)
     }))
 }
 
