@@ -11,5 +11,5 @@ COMPOSE_BIN="$(ensure_compose)"
 export COMPOSE_BIN
 
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace

@@ -1,0 +1,474 @@
+//! `sse-bench`: drives sse-notify or Nchan over loopback and reports what users feel (latency,
+//! loss, duplicates) and what operators pay (memory per stream, Redis connections, CPU).
+//! Prints a table, then one `RESULT {json}` line for scripts.
+
+mod http;
+mod probe;
+mod sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use http::{EventStream, Publisher};
+
+#[derive(Parser)]
+#[command(about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    SseNotify,
+    Nchan,
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// Which server speaks at `--addr`.
+    #[arg(long, value_enum, default_value = "sse-notify", global = true)]
+    target: Kind,
+    #[arg(long, default_value = "127.0.0.1:8080", global = true)]
+    addr: SocketAddr,
+    /// sse-notify in jwt mode: the secret to mint member tokens with.
+    #[arg(long, default_value = "bench-secret", global = true)]
+    jwt_secret: String,
+    #[arg(long, default_value = "bench-publish-token", global = true)]
+    publish_token: String,
+    /// The server's pid, to read its memory and CPU from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Redis's port, to count the server's connections to it.
+    #[arg(long, global = true)]
+    redis_port: Option<u16>,
+    /// Redis's pid, to read its CPU time.
+    #[arg(long, global = true)]
+    redis_pid: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Open N idle streams: memory per stream, connect times, Redis connections.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Seconds to hold the streams open before measuring.
+        #[arg(long, default_value_t = 5)]
+        hold: u64,
+    },
+    /// One subscriber per member, publishers at a fixed or maximal rate: throughput, latency, loss.
+    Fanout {
+        #[arg(long, default_value_t = 1_000)]
+        subscribers: usize,
+        /// Notifications per second over all publishers; omitted = as fast as they go.
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+    },
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self.target {
+            Kind::SseNotify => "sse-notify",
+            Kind::Nchan => "nchan",
+        }
+    }
+
+    fn subscribe_path(&self, member: &str) -> String {
+        match self.target {
+            Kind::SseNotify => "/notification/subscribe".to_owned(),
+            Kind::Nchan => format!("/sub/{member}"),
+        }
+    }
+
+    fn subscribe_headers(&self, member: &str) -> Vec<(String, String)> {
+        let mut headers = vec![("accept".to_owned(), "text/event-stream".to_owned())];
+        if self.target == Kind::SseNotify {
+            let token = sse_notify::http::auth::sign_hs256(
+                &json!({ "sub": member }),
+                self.jwt_secret.as_bytes(),
+            );
+            headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+        }
+        headers
+    }
+
+    fn publish_path(&self, member: &str) -> String {
+        match self.target {
+            Kind::SseNotify => "/notifications".to_owned(),
+            Kind::Nchan => format!("/pub/{member}"),
+        }
+    }
+
+    fn publish_headers(&self) -> Vec<(String, String)> {
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        if self.target == Kind::SseNotify {
+            headers.push((
+                "authorization".to_owned(),
+                format!("Bearer {}", self.publish_token),
+            ));
+        }
+        headers
+    }
+
+    /// Whether an open stream has been accepted: our `connected` event, or Nchan's 200 head.
+    fn needs_connected_event(&self) -> bool {
+        self.target == Kind::SseNotify
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Opens a stream and waits until the server accepted it.
+async fn open(target: &Target, member: &str) -> anyhow::Result<EventStream> {
+    let mut stream = EventStream::open(
+        target.addr,
+        &target.subscribe_path(member),
+        &target.subscribe_headers(member),
+    )
+    .await?;
+    if target.needs_connected_event() {
+        loop {
+            let events = stream
+                .next_events()
+                .await?
+                .context("closed before connected")?;
+            if events
+                .iter()
+                .any(|e| e.event.as_deref() == Some("connected"))
+            {
+                break;
+            }
+        }
+    }
+    Ok(stream)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    eprintln!("open-file limit: {limit}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Idle {
+                streams,
+                concurrency,
+                hold,
+            } => idle(&cli.target, streams, concurrency, hold).await,
+            Scenario::Fanout {
+                subscribers,
+                rate,
+                duration,
+                publishers,
+            } => fanout(&cli.target, subscribers, rate, duration, publishers).await,
+        }
+    })?;
+    report(&result);
+    Ok(())
+}
+
+fn report(result: &Value) {
+    let mut out = String::new();
+    if let Some(fields) = result.as_object() {
+        for (name, value) in fields {
+            out.push_str(&format!("{name:<28} {value}\n"));
+        }
+    }
+    out.push_str(&format!("RESULT {result}\n"));
+    std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes()).ok();
+}
+
+async fn idle(
+    target: &Target,
+    streams: usize,
+    concurrency: usize,
+    hold: u64,
+) -> anyhow::Result<Value> {
+    let run = format!("idle{}", now_micros() % 1_000_000);
+    let before = target.server_pid.map(probe::memory).transpose()?;
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(streams);
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..streams {
+        let (target, gate, stop, failures, opened) = (
+            target.clone(),
+            gate.clone(),
+            stop.clone(),
+            failures.clone(),
+            opened_tx.clone(),
+        );
+        let member = format!("{run}-{i}");
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.expect("semaphore open");
+            let t0 = Instant::now();
+            let stream = open(&target, &member).await;
+            drop(permit);
+            match stream {
+                Ok(mut stream) => {
+                    let _ = opened.send(t0.elapsed().as_micros() as u64);
+                    // Hold it, reading heartbeats, until told to stop.
+                    while !stop.load(Ordering::Relaxed) {
+                        match tokio::time::timeout(Duration::from_millis(500), stream.next_events())
+                            .await
+                        {
+                            Ok(Ok(Some(_))) | Err(_) => {}
+                            Ok(_) => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    let _ = opened.send(u64::MAX);
+                    eprintln!("stream {member}: {error:#}");
+                }
+            }
+        }));
+    }
+    drop(opened_tx);
+    let mut connect_us = Vec::with_capacity(streams);
+    while connect_us.len() < streams {
+        match opened_rx.recv().await {
+            Some(us) if us != u64::MAX => connect_us.push(us),
+            Some(_) => {}
+            None => break,
+        }
+        if connect_us.len() + failures.load(Ordering::Relaxed) as usize >= streams {
+            break;
+        }
+    }
+    let all_open = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let after = target.server_pid.map(probe::memory).transpose()?;
+    let redis_connections = match (target.server_pid, target.redis_port) {
+        (Some(pid), Some(port)) => Some(probe::connections_to(pid, port)?),
+        _ => None,
+    };
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.abort();
+    }
+    connect_us.sort_unstable();
+    let open = connect_us.len() as u64;
+    let per_stream = |pick: fn((u64, u64)) -> u64| match (before, after) {
+        (Some(b), Some(a)) if open > 0 => Some(pick(a).saturating_sub(pick(b)) / open),
+        _ => None,
+    };
+    Ok(json!({
+        "scenario": "idle",
+        "target": target.name(),
+        "streams_open": open,
+        "failures": failures.load(Ordering::Relaxed),
+        "seconds_to_open_all": (all_open.as_secs_f64() * 100.0).round() / 100.0,
+        "connect_ms_p50": percentile(&connect_us, 0.5) as f64 / 1000.0,
+        "connect_ms_p99": percentile(&connect_us, 0.99) as f64 / 1000.0,
+        "connect_ms_max": percentile(&connect_us, 1.0) as f64 / 1000.0,
+        "rss_bytes_per_stream": per_stream(|m| m.0),
+        "pss_bytes_per_stream": per_stream(|m| m.1),
+        "server_rss_mb": after.map(|m| m.0 / 1_048_576),
+        "redis_connections": redis_connections,
+    }))
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Seen {
+    latencies_us: Vec<u64>,
+    delivered: u64,
+    duplicates: u64,
+    gaps: u64,
+    last_seq: u64,
+}
+
+async fn fanout(
+    target: &Target,
+    subscribers: usize,
+    rate: Option<u64>,
+    duration: u64,
+    publishers: usize,
+) -> anyhow::Result<Value> {
+    let run = format!("fan{}", now_micros() % 1_000_000);
+    let members: Vec<String> = (0..subscribers).map(|i| format!("{run}-{i}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::with_capacity(subscribers);
+    let gate = Arc::new(Semaphore::new(200));
+    let mut opening = Vec::with_capacity(subscribers);
+    for member in &members {
+        let (target, member, gate) = (target.clone(), member.clone(), gate.clone());
+        opening.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore open");
+            open(&target, &member).await
+        }));
+    }
+    let mut streams = Vec::with_capacity(subscribers);
+    for task in opening {
+        streams.push(task.await?.context("a subscriber could not connect")?);
+    }
+    for mut stream in streams {
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut seen = Seen::default();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(Ok(Some(events))) =
+                    tokio::time::timeout(Duration::from_millis(200), stream.next_events()).await
+                else {
+                    continue;
+                };
+                let now = now_micros();
+                for event in events {
+                    let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                        continue;
+                    };
+                    let content = &data["content"];
+                    let (Some(seq), Some(sent)) = (content["seq"].as_u64(), content["t"].as_u64())
+                    else {
+                        continue;
+                    };
+                    seen.delivered += 1;
+                    seen.latencies_us.push(now.saturating_sub(sent));
+                    if seq <= seen.last_seq {
+                        seen.duplicates += 1;
+                    } else {
+                        seen.gaps += seq - seen.last_seq - 1;
+                        seen.last_seq = seq;
+                    }
+                }
+            }
+            seen
+        }));
+    }
+
+    let cpu = |pid: Option<u32>| pid.and_then(|p| probe::cpu_seconds(p).ok());
+    let (server_cpu0, redis_cpu0, self_cpu0) = (
+        cpu(target.server_pid),
+        cpu(target.redis_pid),
+        cpu(Some(std::process::id())),
+    );
+    let published = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(duration);
+    let mut sending = Vec::new();
+    for k in 0..publishers {
+        let owned: Vec<String> = members
+            .iter()
+            .skip(k)
+            .step_by(publishers)
+            .cloned()
+            .collect();
+        let (target, published, errors) = (target.clone(), published.clone(), errors.clone());
+        let interval = rate.map(|r| Duration::from_secs_f64(publishers as f64 / r as f64));
+        sending.push(tokio::spawn(async move {
+            let mut publisher = Publisher::new(target.addr);
+            let headers = target.publish_headers();
+            let mut seqs = vec![0u64; owned.len()];
+            let mut ticker = interval.map(|i| {
+                let mut t = tokio::time::interval(i);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                if let Some(ticker) = &mut ticker {
+                    ticker.tick().await;
+                }
+                let slot = n % owned.len();
+                n += 1;
+                seqs[slot] += 1;
+                let member = &owned[slot];
+                let body = json!({"member_id": member, "type": "bench", "content": {"seq": seqs[slot], "t": now_micros()}});
+                match publisher.post(&target.publish_path(member), &headers, body.to_string().as_bytes()).await {
+                    Ok(200..=299) => {
+                        published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) | Err(_) => {
+                        seqs[slot] -= 1; // not stored: the next one reuses the number
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for task in sending {
+        task.await?;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    // Let the last deliveries drain.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (server_cpu1, redis_cpu1, self_cpu1) = (
+        cpu(target.server_pid),
+        cpu(target.redis_pid),
+        cpu(Some(std::process::id())),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let (mut delivered, mut duplicates, mut gaps) = (0, 0, 0);
+    for reader in readers {
+        let seen = reader.await?;
+        latencies.extend(seen.latencies_us);
+        delivered += seen.delivered;
+        duplicates += seen.duplicates;
+        gaps += seen.gaps;
+    }
+    latencies.sort_unstable();
+    let published = published.load(Ordering::Relaxed);
+    let cpu_pct = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .map(|(a, b)| ((b - a) / publish_secs * 100.0).round())
+    };
+    Ok(json!({
+        "scenario": if rate.is_some() { "fanout-fixed" } else { "fanout-max" },
+        "target": target.name(),
+        "subscribers": subscribers,
+        "publishers": publishers,
+        "rate_asked": rate,
+        "published": published,
+        "publish_errors": errors.load(Ordering::Relaxed),
+        "delivered": delivered,
+        "delivered_per_sec": (delivered as f64 / publish_secs).round(),
+        "lost": published.saturating_sub(delivered - duplicates),
+        "gaps": gaps,
+        "duplicates": duplicates,
+        "latency_ms_p50": percentile(&latencies, 0.5) as f64 / 1000.0,
+        "latency_ms_p99": percentile(&latencies, 0.99) as f64 / 1000.0,
+        "latency_ms_max": percentile(&latencies, 1.0) as f64 / 1000.0,
+        "cpu_pct_server": cpu_pct(server_cpu0, server_cpu1),
+        "cpu_pct_redis": cpu_pct(redis_cpu0, redis_cpu1),
+        "cpu_pct_loadgen": cpu_pct(self_cpu0, self_cpu1),
+    }))
+}
