@@ -160,9 +160,11 @@ pub fn verify_hs256(token: &str, secret: &[u8], now: SystemTime) -> Result<Membe
         Subject::Number(n) => n.to_string(),
     };
     let id = sub.parse().map_err(|_| "sub is not a valid member id")?;
+    // An `exp` too far away to represent is no expiry at all.
     let expires_at = claims
         .exp
-        .map(|exp| UNIX_EPOCH + Duration::from_secs_f64(exp.max(0.0)));
+        .and_then(|exp| Duration::try_from_secs_f64(exp).ok())
+        .and_then(|since_epoch| UNIX_EPOCH.checked_add(since_epoch));
     Ok(Member { id, expires_at })
 }
 
@@ -205,6 +207,11 @@ mod tests {
         let member = verify_hs256(&token, SECRET, at(1000)).unwrap();
         assert_eq!(member.id.as_str(), "42");
         assert_eq!(member.expires_at, Some(at(2000)));
+        let far = sign_hs256(&json!({"sub": "42", "exp": 1e300}), SECRET);
+        assert_eq!(
+            verify_hs256(&far, SECRET, at(1000)).unwrap().expires_at,
+            None
+        );
         let numeric = sign_hs256(&json!({"sub": 42}), SECRET);
         assert_eq!(
             verify_hs256(&numeric, SECRET, at(1000))

@@ -205,9 +205,10 @@ impl Session {
             replayed += 1;
         }
         self.app.metrics.replayed.inc_by(replayed);
+        // The next batch skips what expired meanwhile instead of reading through it.
         self.phase = match entries.last() {
             Some(last) if entries.len() == REPLAY_BATCH => Phase::Replay {
-                after: last.id.max(after),
+                after: last.id.max(after).max(StreamId::before_ms(cutoff_ms)),
             },
             _ => Phase::Live,
         };
