@@ -57,7 +57,8 @@ pub fn router(state: AppState) -> Router {
     };
     // The span names the path only: a query string may carry an access token. The request id is
     // the caller's `x-request-id` when it sends one (a gateway's), so logs join up across hops.
-    router.layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+    // Failures are logged once, by `ApiError`, not again as a 5xx by the trace layer.
+    router.layer(TraceLayer::new_for_http().on_failure(()).make_span_with(|request: &Request<_>| {
         let request_id = request
             .headers()
             .get("x-request-id")

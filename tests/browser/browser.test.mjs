@@ -1,0 +1,166 @@
+// sse-notify in a real headless Chromium: what browsers do, including the reconnect that is the
+// reason the service exists. Pages come from another loopback origin than the service.
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { after, before, test } from "node:test";
+
+import { artifacts, killAll, launchBrowser, publish, startPageServer, startRedis, startService, token, until } from "./support.mjs";
+
+let redis;
+let pages;
+let browser;
+
+before(async () => {
+  redis = await startRedis();
+  pages = await startPageServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await pages?.stop();
+  killAll();
+});
+
+/** Two instances on one Redis that accept the page origin. */
+async function twoInstances() {
+  const env = { CORS_ORIGINS: pages.origin };
+  return [await startService({ redisUrl: redis.url, env }), await startService({ redisUrl: redis.url, env })];
+}
+
+/** A page on the page origin, recording the subscription requests it makes. */
+async function openClient(context) {
+  const page = await context.newPage();
+  const requests = [];
+  page.on("request", async (request) => {
+    if (request.url().includes("/notification/subscribe") && request.method() === "GET") {
+      // allHeaders(): the headers as sent, including those the network stack adds.
+      requests.push({ url: request.url(), headers: await request.allHeaders() });
+    }
+  });
+  await page.goto(`${pages.origin}/client.html`);
+  return { page, requests };
+}
+
+const received = (page) => page.evaluate(() => [...window.state.ids]);
+
+async function waitForIds(page, expected) {
+  await until(async () => (await received(page)).length >= expected.length, `${expected.length} notifications in the page`);
+  // Nothing late either: exactly once, in order.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(await received(page), expected);
+}
+
+/**
+ * Publishes through `a`, crashes it, publishes through `b` while it is down, restarts `a` on the
+ * same port and publishes through it again: the page must end with every id once, in order.
+ */
+async function crashAndRestart(page, member, a, b) {
+  // A fresh subscription receives what is published once it is connected.
+  await until(() => page.evaluate(() => window.state.connected.length === 1), "the first connected event");
+  const ids = [];
+  for (let i = 0; i < 3; i++) ids.push(await publish(a, member, { before: i }));
+  await waitForIds(page, ids);
+  const lastSeenBeforeCrash = ids.at(-1);
+
+  await a.kill();
+  for (let i = 0; i < 3; i++) ids.push(await publish(b, member, { during: i }));
+  const restarted = await startService({ redisUrl: redis.url, port: a.port, env: { CORS_ORIGINS: pages.origin } });
+  // The browser finds the instance back by itself, then catches up on what it missed.
+  await until(async () => (await received(page)).length >= 6, "the browser to reconnect and catch up", 20000);
+  for (let i = 0; i < 2; i++) ids.push(await publish(restarted, member, { after: i }));
+  await waitForIds(page, ids);
+  return { restarted, lastSeenBeforeCrash };
+}
+
+test("native EventSource reconnects after a crash and resumes with Last-Event-ID, every id once", async () => {
+  const [a, b] = await twoInstances();
+  const context = await browser.newContext();
+  const { page, requests } = await openClient(context);
+  await page.evaluate((url) => window.start({ url }), `${a.url}/notification/subscribe?access_token=${token("native")}`);
+
+  const { restarted, lastSeenBeforeCrash } = await crashAndRestart(page, "native", a, b);
+  const resumed = requests.filter((r) => r.headers["last-event-id"]);
+  assert.ok(resumed.length >= 1, "the reconnect carried Last-Event-ID");
+  assert.equal(resumed[0].headers["last-event-id"], lastSeenBeforeCrash);
+  const connected = await page.evaluate(() => window.state.connected);
+  assert.ok(connected.length >= 2 && connected.every((c) => c.recovered && c.member_id === "native"));
+
+  await context.close();
+  await restarted.stop();
+  await b.stop();
+});
+
+test("event-source-polyfill with an Authorization header resumes through lastEventId", async () => {
+  const [a, b] = await twoInstances();
+  const context = await browser.newContext();
+  const { page, requests } = await openClient(context);
+  await page.evaluate(
+    ({ url, headers }) => window.start({ url, kind: "polyfill", headers }),
+    { url: `${a.url}/notification/subscribe`, headers: { Authorization: `Bearer ${token("poly")}` } },
+  );
+
+  const { restarted, lastSeenBeforeCrash } = await crashAndRestart(page, "poly", a, b);
+  assert.ok(requests.every((r) => r.headers.authorization?.startsWith("Bearer ")), "every request is authenticated by header");
+  const resumed = requests.find((r) => new URL(r.url).searchParams.get("lastEventId"));
+  assert.ok(resumed, "the reconnect carried lastEventId");
+  assert.equal(new URL(resumed.url).searchParams.get("lastEventId"), lastSeenBeforeCrash);
+
+  await context.close();
+  await restarted.stop();
+  await b.stop();
+});
+
+test("cookie auth across origins works with withCredentials, and only with it", async () => {
+  const [a, b] = await twoInstances();
+  await b.stop();
+  const context = await browser.newContext();
+  // An HttpOnly cookie for the service's host, as an auth server on the same site would set it.
+  await context.addCookies([{ name: "access_token", value: token("cookie"), url: a.url, httpOnly: true, sameSite: "Lax" }]);
+
+  const withCredentials = await openClient(context);
+  await withCredentials.page.evaluate((url) => window.start({ url, withCredentials: true }), `${a.url}/notification/subscribe`);
+  await until(() => withCredentials.page.evaluate(() => window.state.connected.length === 1), "connected");
+  const id = await publish(a, "cookie", { hello: "cookie" });
+  await waitForIds(withCredentials.page, [id]);
+  assert.match(withCredentials.requests.at(-1).headers.cookie ?? "", /access_token=/, "the cookie went along");
+  assert.equal(await withCredentials.page.evaluate(() => document.cookie), "", "HttpOnly: page scripts cannot read it");
+
+  // Without credentials the cookie stays home: 401, and a native EventSource gives up for good.
+  const anonymous = await openClient(context);
+  await anonymous.page.evaluate((url) => window.start({ url }), `${a.url}/notification/subscribe`);
+  await until(() => anonymous.page.evaluate(() => window.state.readyState === EventSource.CLOSED), "the refused stream to close");
+  assert.deepEqual(await received(anonymous.page), []);
+  assert.equal(anonymous.requests.at(-1).headers.cookie, undefined, "no credentials, no cookie");
+
+  await context.close();
+  await a.stop();
+});
+
+test("the demo page renders, publishes, shows the notification and survives a restart", async () => {
+  const service = await startService({ redisUrl: redis.url });
+  const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  const page = await context.newPage();
+  await page.goto(`${service.url}/#token=${token("demo")}&publish_token=browser-test-publish`);
+  await until(async () => (await page.textContent("#state")) === "open", "the demo page to connect");
+  assert.equal(await page.textContent("#recovered"), "true");
+
+  await page.click("#publish-form button[type=submit]");
+  await until(() => page.$("#notifications li[data-id]"), "the published notification in the list");
+  assert.match(await page.textContent("#notifications"), /Hello from the demo page/);
+  assert.match(await page.textContent("#publish-result"), /^Published \d+-\d+$/);
+
+  // Crash and restart on the same port: the page reconnects by itself and keeps receiving.
+  await service.kill();
+  const restarted = await startService({ redisUrl: redis.url, port: service.port });
+  const id = await publish(restarted, "demo", { text: "After the restart" });
+  await until(() => page.$(`#notifications li[data-id="${id}"]`), "a notification after the restart", 20000);
+  assert.equal(await page.textContent("#state"), "open");
+  assert.equal(await page.textContent("#received"), "2");
+
+  fs.mkdirSync(artifacts, { recursive: true });
+  await page.screenshot({ path: path.join(artifacts, "demo-page.png"), fullPage: true });
+  await context.close();
+  await restarted.stop();
+});
