@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::ingest;
 use crate::live::{self, Hub};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -40,6 +41,15 @@ pub async fn run(
         (0..PARTITIONS).collect(),
         shutdown.clone(),
     ));
+
+    if let Some(kafka) = config.kafka.clone() {
+        tasks.spawn(ingest::kafka::run(
+            kafka,
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let state = AppState {
         config: Arc::new(config),

@@ -42,6 +42,20 @@ pub struct Args {
     /// Comma-separated origins allowed to subscribe from a browser (credentials allowed).
     #[arg(long, env, value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Kafka bootstrap servers; unset turns Kafka ingestion off.
+    #[arg(long, env)]
+    pub kafka_brokers: Option<String>,
+    /// Comma-separated topics to consume.
+    #[arg(long, env, value_delimiter = ',', default_value = "notifications")]
+    pub kafka_topics: Vec<String>,
+    #[arg(long, env, default_value = "sse-notify")]
+    pub kafka_group_id: String,
+    /// Where undecodable records go, with the reason in a header.
+    #[arg(long, env, default_value = "notifications.dlq")]
+    pub kafka_dlq_topic: String,
+    /// Extra librdkafka properties, `key=value`, comma-separated (e.g. `session.timeout.ms=6000`).
+    #[arg(long, env, value_delimiter = ',')]
+    pub kafka_options: Vec<String>,
 }
 
 /// A secret string: usable, comparable in constant time, never printed.
@@ -73,6 +87,17 @@ pub enum Auth {
     Gateway,
 }
 
+/// Kafka ingestion settings (API.md, Kafka ingestion); absent when `KAFKA_BROKERS` is unset.
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub dlq_topic: String,
+    /// librdkafka properties set after ours, so an operator can override any of them.
+    pub options: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
@@ -84,6 +109,7 @@ pub struct Config {
     pub auth: Auth,
     pub publish_token: Option<Secret>,
     pub cors_origins: Vec<HeaderValue>,
+    pub kafka: Option<Kafka>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +124,10 @@ pub enum ConfigError {
     CorsOrigin(String),
     #[error("REDIS_URL {0:?} is not a redis:// or rediss:// URL")]
     RedisUrl(String),
+    #[error("KAFKA_TOPICS must name at least one topic")]
+    NoKafkaTopics,
+    #[error("KAFKA_OPTIONS entry {0:?} is not key=value")]
+    KafkaOption(String),
 }
 
 impl TryFrom<Args> for Config {
@@ -141,6 +171,16 @@ impl TryFrom<Args> for Config {
                     .ok_or_else(|| ConfigError::CorsOrigin(o.to_owned()))
             })
             .collect::<Result<_, _>>()?;
+        let kafka = match args.kafka_brokers.filter(|b| !b.trim().is_empty()) {
+            None => None,
+            Some(brokers) => Some(kafka(
+                brokers,
+                args.kafka_topics,
+                args.kafka_group_id,
+                args.kafka_dlq_topic,
+                args.kafka_options,
+            )?),
+        };
         Ok(Self {
             listen_addr: args.listen_addr,
             redis_url: args.redis_url,
@@ -151,8 +191,43 @@ impl TryFrom<Args> for Config {
             auth,
             publish_token: args.publish_token.filter(|t| !t.is_empty()).map(Secret),
             cors_origins,
+            kafka,
         })
     }
+}
+
+fn kafka(
+    brokers: String,
+    topics: Vec<String>,
+    group_id: String,
+    dlq_topic: String,
+    options: Vec<String>,
+) -> Result<Kafka, ConfigError> {
+    let topics: Vec<String> = topics
+        .into_iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if topics.is_empty() {
+        return Err(ConfigError::NoKafkaTopics);
+    }
+    let options = options
+        .iter()
+        .filter(|o| !o.trim().is_empty())
+        .map(|o| match o.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_owned(), value.trim().to_owned()))
+            }
+            _ => Err(ConfigError::KafkaOption(o.clone())),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Kafka {
+        brokers,
+        topics,
+        group_id,
+        dlq_topic,
+        options,
+    })
 }
 
 #[cfg(test)]
@@ -191,6 +266,52 @@ mod tests {
         assert!(parse(&["--auth-mode", "gateway", "--cors-origins", "a.test"]).is_err());
         assert!(parse(&["--auth-mode", "gateway", "--retention-secs", "0"]).is_err());
         assert!(parse(&["--auth-mode", "gateway", "--redis-url", "localhost:6379"]).is_err());
+    }
+
+    #[test]
+    fn kafka_is_off_without_brokers_and_validated_with_them() {
+        assert!(parse(&["--auth-mode", "gateway"]).unwrap().kafka.is_none());
+        let kafka = parse(&[
+            "--auth-mode",
+            "gateway",
+            "--kafka-brokers",
+            "k:9092",
+            "--kafka-topics",
+            "a, b",
+            "--kafka-options",
+            "session.timeout.ms=6000",
+        ])
+        .unwrap()
+        .kafka
+        .unwrap();
+        assert_eq!(kafka.topics, ["a", "b"]);
+        assert_eq!(kafka.dlq_topic, "notifications.dlq");
+        assert_eq!(
+            kafka.options,
+            [("session.timeout.ms".to_owned(), "6000".to_owned())]
+        );
+        assert!(
+            parse(&[
+                "--auth-mode",
+                "gateway",
+                "--kafka-brokers",
+                "k:9092",
+                "--kafka-options",
+                "oops"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "--auth-mode",
+                "gateway",
+                "--kafka-brokers",
+                "k:9092",
+                "--kafka-topics",
+                " "
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod model;

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub redis_errors: Family<OpLabel, Counter>,
     pub publish_seconds: Histogram,
     pub delivery_seconds: Histogram,
+    pub kafka_consumed: Counter,
+    pub kafka_stored: Counter,
+    pub kafka_duplicates: Counter,
+    pub kafka_dead_lettered: Counter,
+    pub kafka_errors: Counter,
+    pub kafka_paused: Gauge,
 }
 
 impl Metrics {
@@ -44,6 +50,12 @@ impl Metrics {
             // 100 µs .. ~3.3 s
             publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            kafka_consumed: Counter::default(),
+            kafka_stored: Counter::default(),
+            kafka_duplicates: Counter::default(),
+            kafka_dead_lettered: Counter::default(),
+            kafka_errors: Counter::default(),
+            kafka_paused: Gauge::default(),
         };
         registry.register(
             "open_streams",

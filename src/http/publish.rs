@@ -71,11 +71,9 @@ pub async fn publish(
     app.metrics
         .publish_seconds
         .observe(started.elapsed().as_secs_f64());
-    app.metrics.published.inc_by(if appended.created {
-        members.len() as u64
-    } else {
-        0
-    });
+    app.metrics
+        .published
+        .inc_by((members.len() - appended.repeated) as u64);
 
     let status = if appended.created {
         StatusCode::CREATED

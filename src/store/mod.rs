@@ -48,6 +48,8 @@ pub struct Appended {
     pub ids: Vec<StreamId>,
     /// False when every id came from an earlier publish with the same idempotency key.
     pub created: bool,
+    /// How many members' ids came from an earlier publish (duplicates suppressed).
+    pub repeated: usize,
 }
 
 /// The first page of a replay, read in one round trip with what `recovered` needs.
@@ -106,43 +108,44 @@ impl Store {
     /// Appends one notification to each member's stream and its partition's fan-out stream
     /// (`publish.lua`). One script call on a standalone Redis: all members or none.
     pub async fn append(&self, note: &NewNotification<'_>) -> Result<Appended, StoreError> {
-        let script = &*scripts::PUBLISH;
-        let mut call = script.prepare_invoke();
-        call.arg(retention_ms(self.retention))
-            .arg(self.max_per_member)
-            .arg(FANOUT_MAXLEN)
-            .arg(if note.idempotency_key.is_some() {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(note.kind)
-            .arg(note.content);
-        for member in note.members {
-            let partition = keys::partition_of(member);
-            call.key(keys::stream(member))
-                .key(keys::fanout(partition))
-                .key(keys::epoch(partition));
-            if let Some(key) = note.idempotency_key {
-                call.key(keys::idempotency(member, key));
-            }
-            call.arg(member.as_str());
+        let mut appended = self.append_batch(std::slice::from_ref(note)).await?;
+        appended
+            .pop()
+            .ok_or(StoreError::Reply("publish pipeline returned nothing"))
+    }
+
+    /// Appends several notifications in one pipelined round trip, applied in order (Redis runs a
+    /// connection's commands in sequence), so records of one member keep their order.
+    pub async fn append_batch(
+        &self,
+        notes: &[NewNotification<'_>],
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut pipe = redis::pipe();
+        for note in notes {
+            pipe.add_command(publish_command(note, self.retention, self.max_per_member));
         }
-        let reply: Vec<Value> = call.invoke_async(&mut self.commands.clone()).await?;
-        if reply.len() != 2 * note.members.len() {
+        let mut commands = self.commands.clone();
+        let replies: Vec<Value> = match pipe.query_async(&mut commands).await {
+            // Redis restarted or failed over and forgot the script: load it and go again. Nothing
+            // ran (every call of the pipeline failed the same way).
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                scripts::PUBLISH.load_async(&mut commands).await?;
+                pipe.query_async(&mut commands).await?
+            }
+            other => other?,
+        };
+        if replies.len() != notes.len() {
             return Err(StoreError::Reply(
-                "publish script returned the wrong number of ids",
+                "publish pipeline returned the wrong number of replies",
             ));
         }
-        let mut appended = Appended {
-            ids: Vec::with_capacity(note.members.len()),
-            created: false,
-        };
-        for pair in reply.chunks_exact(2) {
-            appended.ids.push(stream_id(&pair[0])?);
-            appended.created |= matches!(pair[1], Value::Int(0));
-        }
-        Ok(appended)
+        replies
+            .into_iter()
+            .zip(notes)
+            .map(|(reply, note)| appended(reply, note.members.len()))
+            .collect()
     }
 
     /// Reads up to `count` entries after `after`, with the partition epoch and whether the stream
@@ -311,6 +314,70 @@ impl Feed {
         }
         Ok(batches)
     }
+}
+
+/// `EVALSHA publish.lua` for one notification (key and argument layout: see the script's header).
+fn publish_command(
+    note: &NewNotification<'_>,
+    retention: Duration,
+    max_per_member: u64,
+) -> redis::Cmd {
+    let per_member = if note.idempotency_key.is_some() { 4 } else { 3 };
+    let mut keys = Vec::with_capacity(note.members.len() * per_member);
+    for member in note.members {
+        let partition = keys::partition_of(member);
+        keys.extend([
+            keys::stream(member),
+            keys::fanout(partition),
+            keys::epoch(partition),
+        ]);
+        if let Some(key) = note.idempotency_key {
+            keys.push(keys::idempotency(member, key));
+        }
+    }
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(scripts::PUBLISH.get_hash())
+        .arg(keys.len())
+        .arg(keys)
+        .arg(retention_ms(retention))
+        .arg(max_per_member)
+        .arg(FANOUT_MAXLEN)
+        .arg(if note.idempotency_key.is_some() {
+            "1"
+        } else {
+            "0"
+        })
+        .arg(note.kind)
+        .arg(note.content);
+    for member in note.members {
+        cmd.arg(member.as_str());
+    }
+    cmd
+}
+
+/// Parses the script's `{id, repeated, id, repeated, ...}`.
+fn appended(reply: Value, members: usize) -> Result<Appended, StoreError> {
+    let Value::Array(reply) = reply else {
+        return Err(StoreError::Reply("publish script did not return an array"));
+    };
+    if reply.len() != 2 * members {
+        return Err(StoreError::Reply(
+            "publish script returned the wrong number of ids",
+        ));
+    }
+    let mut appended = Appended {
+        ids: Vec::with_capacity(members),
+        created: false,
+        repeated: 0,
+    };
+    for pair in reply.chunks_exact(2) {
+        appended.ids.push(stream_id(&pair[0])?);
+        match pair[1] {
+            Value::Int(0) => appended.created = true,
+            _ => appended.repeated += 1,
+        }
+    }
+    Ok(appended)
 }
 
 fn retention_ms(retention: Duration) -> u64 {
