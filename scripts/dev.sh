@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-ensure_apt redis-server redis-tools
+ensure_apt build-essential zlib1g-dev redis-server redis-tools
 
 PORT="${PORT:-8080}"
 REDIS_PORT="${REDIS_PORT:-$(free_port 6380)}"

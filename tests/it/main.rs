@@ -5,6 +5,7 @@ mod support;
 mod auth;
 mod compose;
 mod history;
+mod kafka;
 mod ops;
 mod publish;
 mod resilience;

@@ -1,0 +1,207 @@
+//! Kafka ingestion against a real Kafka-protocol broker (tansu): delivery, dead letters,
+//! redelivery after a crash, Redis outages, and committing on SIGTERM.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::kafka::{bootstrap, committed, consume, create_topics, produce, producer, unique};
+use crate::support::process::ServiceProcess;
+use crate::support::{RedisServer, TestApp, WAIT, token};
+
+/// Topic, DLQ topic and group, fresh for one test, and the flags that point an instance at them.
+struct Setup {
+    topic: String,
+    dlq: String,
+    group: String,
+}
+
+impl Setup {
+    async fn new(partitions: i32) -> Self {
+        let setup = Self { topic: unique("notes"), dlq: unique("dlq"), group: unique("group") };
+        create_topics(&[&setup.topic, &setup.dlq], partitions).await;
+        setup
+    }
+
+    fn env<'a>(&'a self, redis_url: &'a str, options: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("REDIS_URL", redis_url),
+            ("AUTH_MODE", "gateway"),
+            ("KAFKA_BROKERS", bootstrap()),
+            ("KAFKA_TOPICS", &self.topic),
+            ("KAFKA_GROUP_ID", &self.group),
+            ("KAFKA_DLQ_TOPIC", &self.dlq),
+            ("KAFKA_OPTIONS", options),
+        ]
+    }
+
+    fn flags<'a>(&'a self, options: &'a str) -> Vec<&'a str> {
+        vec![
+            "--kafka-brokers",
+            bootstrap(),
+            "--kafka-topics",
+            &self.topic,
+            "--kafka-group-id",
+            &self.group,
+            "--kafka-dlq-topic",
+            &self.dlq,
+            "--kafka-options",
+            options,
+        ]
+    }
+}
+
+/// Session timeout short enough that a replacement consumer gets the partitions quickly.
+const FAST_GROUP: &str = "session.timeout.ms=6000";
+/// No periodic commit: only a rebalance or the shutdown commit can commit.
+const NO_PERIODIC_COMMIT: &str = "session.timeout.ms=6000,auto.commit.interval.ms=600000";
+
+/// The ids and contents in a member's history (gateway auth: member by query).
+async fn history(url: &str, member: &str) -> Vec<Value> {
+    let body: Value = reqwest::get(format!("{url}/notifications?member_id={member}&limit=1000")).await.unwrap().json().await.unwrap();
+    body["notifications"].as_array().unwrap().clone()
+}
+
+async fn wait_for_history(url: &str, member: &str, count: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let items = history(url, member).await;
+        if items.len() >= count {
+            return items;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} of {count} notifications stored: {items:?}", items.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_reach_subscribers_and_a_poison_record_goes_to_the_dlq_without_stalling() {
+    let redis = RedisServer::start();
+    let setup = Setup::new(3).await;
+    let app = TestApp::start(&redis.url(), &setup.flags(FAST_GROUP)).await;
+    let mut stream = app.subscribe("k1", "", &[]).await;
+    stream.next(WAIT).await.unwrap();
+    stream.next(WAIT).await.unwrap(); // connected
+
+    let kafka = producer();
+    produce(&kafka, &setup.topic, "k1", br#"{"type":"follow","content":{"n":1}}"#, &[]).await;
+    produce(&kafka, &setup.topic, "k1", b"not json", &[("trace", "abc")]).await;
+    produce(&kafka, &setup.topic, "", br#"{"member_id":"k1","content":{"n":2}}"#, &[]).await;
+
+    let first = stream.next_notification(Duration::from_secs(30)).await.json();
+    assert_eq!((first["type"].clone(), first["content"].clone()), (json!("follow"), json!({"n": 1})));
+    let second = stream.next_notification(WAIT).await.json();
+    assert_eq!((second["type"].clone(), second["content"].clone()), (json!("notification"), json!({"n": 2})));
+
+    let dead = consume(&setup.dlq, 1).await;
+    let (key, value, headers) = &dead[0];
+    assert_eq!((key.as_slice(), value.as_slice()), (&b"k1"[..], &b"not json"[..]));
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(header("trace").as_deref(), Some("abc"), "original headers kept");
+    assert!(header("x-dlq-reason").unwrap().contains("not a JSON object"));
+    assert!(header("x-dlq-source").unwrap().starts_with(&format!("{}/", setup.topic)));
+    assert_eq!(metric(&app.url, "sse_notify_kafka_records_dead_lettered_total").await, 1.0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_storing_redelivers_and_no_duplicate_reaches_the_subscriber() {
+    let redis = RedisServer::start();
+    let setup = Setup::new(1).await;
+    let redis_url = redis.url();
+    let first = ServiceProcess::start(&setup.env(&redis_url, NO_PERIODIC_COMMIT)).await;
+    let watcher = TestApp::start(&redis_url, &["--auth-mode", "jwt"]).await; // a second instance, no Kafka
+    let mut stream = watcher.subscribe("m", "", &[]).await;
+    stream.next(WAIT).await.unwrap();
+    stream.next(WAIT).await.unwrap();
+
+    let kafka = producer();
+    for n in 0..5 {
+        produce(&kafka, &setup.topic, "m", json!({"content": n}).to_string().as_bytes(), &[]).await;
+    }
+    wait_for_history(&first.url, "m", 5).await;
+    first.kill(); // stored, offsets never committed
+    assert_eq!(committed(&setup.group, &setup.topic), None);
+
+    let second = ServiceProcess::start(&setup.env(&redis_url, FAST_GROUP)).await;
+    produce(&kafka, &setup.topic, "m", json!({"content": 5}).to_string().as_bytes(), &[]).await;
+    let items = wait_for_history(&second.url, "m", 6).await;
+    assert_eq!(items.iter().map(|i| i["content"].as_i64().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(metric(&second.url, "sse_notify_kafka_duplicates_suppressed_total").await, 5.0, "all 5 were redelivered");
+
+    let mut contents = Vec::new();
+    for _ in 0..6 {
+        contents.push(stream.next_notification(WAIT).await.json()["content"].as_i64().unwrap());
+    }
+    assert_eq!(contents, [0, 1, 2, 3, 4, 5]);
+    let late = tokio::time::timeout(Duration::from_millis(500), stream.next_notification(WAIT)).await;
+    assert!(late.is_err(), "a duplicate reached the subscriber: {late:?}");
+    watcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_pauses_ingestion_and_nothing_is_lost_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let setup = Setup::new(1).await;
+    let app = TestApp::start(&redis.url(), &setup.flags(FAST_GROUP)).await;
+    let kafka = producer();
+    produce(&kafka, &setup.topic, "r", br#"{"content":"before"}"#, &[]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric(&app.url, "sse_notify_kafka_records_stored_total").await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "first record never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    redis.stop();
+    for n in 0..3 {
+        produce(&kafka, &setup.topic, "r", json!({"content": n}).to_string().as_bytes(), &[]).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric(&app.url, "sse_notify_kafka_paused").await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "ingestion never paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.restart(); // empty: what was stored before is gone, what waited is not
+    app.wait_ready().await;
+    let items = wait_for_history_jwt(&app, "r", 3).await;
+    assert_eq!(items.iter().map(|i| i["content"].clone()).collect::<Vec<_>>(), [json!(0), json!(1), json!(2)]);
+    assert_eq!(metric(&app.url, "sse_notify_kafka_records_dead_lettered_total").await, 0.0);
+    app.stop().await;
+}
+
+async fn wait_for_history_jwt(app: &TestApp, member: &str, count: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = app.client.get(format!("{}/notifications", app.url)).bearer_auth(token(member)).send().await.unwrap();
+        if response.status() == 200 {
+            let body: Value = response.json().await.unwrap();
+            let items = body["notifications"].as_array().unwrap().clone();
+            if items.len() >= count {
+                return items;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "notifications never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_the_stored_offsets() {
+    let redis = RedisServer::start();
+    let setup = Setup::new(1).await;
+    let redis_url = redis.url();
+    let service = ServiceProcess::start(&setup.env(&redis_url, NO_PERIODIC_COMMIT)).await;
+    let kafka = producer();
+    for n in 0..4 {
+        produce(&kafka, &setup.topic, "s", json!({"content": n}).to_string().as_bytes(), &[]).await;
+    }
+    wait_for_history(&service.url, "s", 4).await;
+    assert_eq!(committed(&setup.group, &setup.topic), None, "nothing committed before the signal");
+    assert_eq!(service.terminate().code(), Some(0));
+    assert_eq!(committed(&setup.group, &setup.topic), Some(4), "the next offset to read is committed");
+}
