@@ -93,15 +93,30 @@ fn compose_file_is_valid_and_configures_the_service_as_it_expects() {
 
     // Kafka ingestion reaches the broker on a listener it advertises to the compose network, and
     // consumes a topic (and dead-letters to one) that the init service creates.
-    let kafka = config.kafka.as_ref().expect("Kafka ingestion is on in the dev stack");
+    let kafka = config
+        .kafka
+        .as_ref()
+        .expect("Kafka ingestion is on in the dev stack");
     let kafka_env = &services["kafka"]["environment"];
     let advertised = kafka_env["KAFKA_ADVERTISED_LISTENERS"].as_str().unwrap();
-    assert!(advertised.split(',').any(|l| l.ends_with(&format!("//{}", kafka.brokers))), "{} not in {advertised}", kafka.brokers);
+    assert!(
+        advertised
+            .split(',')
+            .any(|l| l.ends_with(&format!("//{}", kafka.brokers))),
+        "{} not in {advertised}",
+        kafka.brokers
+    );
     let init = services["kafka-init"]["command"].to_string();
     for topic in kafka.topics.iter().chain([&kafka.dlq_topic]) {
-        assert!(init.contains(topic.as_str()), "kafka-init does not create {topic}");
+        assert!(
+            init.contains(topic.as_str()),
+            "kafka-init does not create {topic}"
+        );
     }
-    assert_eq!(service["depends_on"]["kafka-init"]["condition"], "service_completed_successfully");
+    assert_eq!(
+        service["depends_on"]["kafka-init"]["condition"],
+        "service_completed_successfully"
+    );
 
     // The image build copies every folder the binary compiles in (include_str!).
     let dockerfile =

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::kafka::{bootstrap, committed, consume, create_topics, produce, producer, unique};
+use crate::support::kafka::{
+    bootstrap, committed, consume, create_topics, produce, producer, unique,
+};
 use crate::support::process::ServiceProcess;
 use crate::support::{RedisServer, TestApp, WAIT, token};
 
@@ -18,7 +20,11 @@ struct Setup {
 
 impl Setup {
     async fn new(partitions: i32) -> Self {
-        let setup = Self { topic: unique("notes"), dlq: unique("dlq"), group: unique("group") };
+        let setup = Self {
+            topic: unique("notes"),
+            dlq: unique("dlq"),
+            group: unique("group"),
+        };
         create_topics(&[&setup.topic, &setup.dlq], partitions).await;
         setup
     }
@@ -58,8 +64,13 @@ const NO_PERIODIC_COMMIT: &str = "session.timeout.ms=6000,auto.commit.interval.m
 
 /// The ids and contents in a member's history (gateway auth: member by query).
 async fn history(url: &str, member: &str) -> Vec<Value> {
-    let body: Value = reqwest::get(format!("{url}/notifications?member_id={member}&limit=1000")).await.unwrap().json().await.unwrap();
-    body["notifications"].as_array().unwrap().clone()
+    let body: Value = reqwest::get(format!("{url}/notifications?member_id={member}&limit=1000"))
+        .await
+        .expect("the history request is answered")
+        .json()
+        .await
+        .expect("history is JSON");
+    body["notifications"].as_array().expect("a notifications array").clone()
 }
 
 async fn wait_for_history(url: &str, member: &str, count: usize) -> Vec<Value> {
@@ -69,14 +80,25 @@ async fn wait_for_history(url: &str, member: &str, count: usize) -> Vec<Value> {
         if items.len() >= count {
             return items;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{} of {count} notifications stored: {items:?}", items.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {count} notifications stored: {items:?}",
+            items.len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("the metrics request is answered")
+        .text()
+        .await
+        .expect("metrics are text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,23 +111,69 @@ async fn records_reach_subscribers_and_a_poison_record_goes_to_the_dlq_without_s
     stream.next(WAIT).await.unwrap(); // connected
 
     let kafka = producer();
-    produce(&kafka, &setup.topic, "k1", br#"{"type":"follow","content":{"n":1}}"#, &[]).await;
+    produce(
+        &kafka,
+        &setup.topic,
+        "k1",
+        br#"{"type":"follow","content":{"n":1}}"#,
+        &[],
+    )
+    .await;
     produce(&kafka, &setup.topic, "k1", b"not json", &[("trace", "abc")]).await;
-    produce(&kafka, &setup.topic, "", br#"{"member_id":"k1","content":{"n":2}}"#, &[]).await;
+    produce(
+        &kafka,
+        &setup.topic,
+        "",
+        br#"{"member_id":"k1","content":{"n":2}}"#,
+        &[],
+    )
+    .await;
 
-    let first = stream.next_notification(Duration::from_secs(30)).await.json();
-    assert_eq!((first["type"].clone(), first["content"].clone()), (json!("follow"), json!({"n": 1})));
+    let first = stream
+        .next_notification(Duration::from_secs(30))
+        .await
+        .json();
+    assert_eq!(
+        (first["type"].clone(), first["content"].clone()),
+        (json!("follow"), json!({"n": 1}))
+    );
     let second = stream.next_notification(WAIT).await.json();
-    assert_eq!((second["type"].clone(), second["content"].clone()), (json!("notification"), json!({"n": 2})));
+    assert_eq!(
+        (second["type"].clone(), second["content"].clone()),
+        (json!("notification"), json!({"n": 2}))
+    );
 
     let dead = consume(&setup.dlq, 1).await;
     let (key, value, headers) = &dead[0];
-    assert_eq!((key.as_slice(), value.as_slice()), (&b"k1"[..], &b"not json"[..]));
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    assert_eq!(header("trace").as_deref(), Some("abc"), "original headers kept");
-    assert!(header("x-dlq-reason").unwrap().contains("not a JSON object"));
-    assert!(header("x-dlq-source").unwrap().starts_with(&format!("{}/", setup.topic)));
-    assert_eq!(metric(&app.url, "sse_notify_kafka_records_dead_lettered_total").await, 1.0);
+    assert_eq!(
+        (key.as_slice(), value.as_slice()),
+        (&b"k1"[..], &b"not json"[..])
+    );
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("trace").as_deref(),
+        Some("abc"),
+        "original headers kept"
+    );
+    assert!(
+        header("x-dlq-reason")
+            .unwrap()
+            .contains("not a JSON object")
+    );
+    assert!(
+        header("x-dlq-source")
+            .unwrap()
+            .starts_with(&format!("{}/", setup.topic))
+    );
+    assert_eq!(
+        metric(&app.url, "sse_notify_kafka_records_dead_lettered_total").await,
+        1.0
+    );
     app.stop().await;
 }
 
@@ -122,25 +190,57 @@ async fn a_crash_after_storing_redelivers_and_no_duplicate_reaches_the_subscribe
 
     let kafka = producer();
     for n in 0..5 {
-        produce(&kafka, &setup.topic, "m", json!({"content": n}).to_string().as_bytes(), &[]).await;
+        produce(
+            &kafka,
+            &setup.topic,
+            "m",
+            json!({"content": n}).to_string().as_bytes(),
+            &[],
+        )
+        .await;
     }
     wait_for_history(&first.url, "m", 5).await;
     first.kill(); // stored, offsets never committed
     assert_eq!(committed(&setup.group, &setup.topic), None);
 
     let second = ServiceProcess::start(&setup.env(&redis_url, FAST_GROUP)).await;
-    produce(&kafka, &setup.topic, "m", json!({"content": 5}).to_string().as_bytes(), &[]).await;
+    produce(
+        &kafka,
+        &setup.topic,
+        "m",
+        json!({"content": 5}).to_string().as_bytes(),
+        &[],
+    )
+    .await;
     let items = wait_for_history(&second.url, "m", 6).await;
-    assert_eq!(items.iter().map(|i| i["content"].as_i64().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
-    assert_eq!(metric(&second.url, "sse_notify_kafka_duplicates_suppressed_total").await, 5.0, "all 5 were redelivered");
+    assert_eq!(
+        items
+            .iter()
+            .map(|i| i["content"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        metric(&second.url, "sse_notify_kafka_duplicates_suppressed_total").await,
+        5.0,
+        "all 5 were redelivered"
+    );
 
     let mut contents = Vec::new();
     for _ in 0..6 {
-        contents.push(stream.next_notification(WAIT).await.json()["content"].as_i64().unwrap());
+        contents.push(
+            stream.next_notification(WAIT).await.json()["content"]
+                .as_i64()
+                .unwrap(),
+        );
     }
     assert_eq!(contents, [0, 1, 2, 3, 4, 5]);
-    let late = tokio::time::timeout(Duration::from_millis(500), stream.next_notification(WAIT)).await;
-    assert!(late.is_err(), "a duplicate reached the subscriber: {late:?}");
+    let late =
+        tokio::time::timeout(Duration::from_millis(500), stream.next_notification(WAIT)).await;
+    assert!(
+        late.is_err(),
+        "a duplicate reached the subscriber: {late:?}"
+    );
     watcher.stop().await;
 }
 
@@ -153,39 +253,70 @@ async fn redis_down_pauses_ingestion_and_nothing_is_lost_once_it_is_back() {
     produce(&kafka, &setup.topic, "r", br#"{"content":"before"}"#, &[]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while metric(&app.url, "sse_notify_kafka_records_stored_total").await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "first record never stored");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first record never stored"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     redis.stop();
     for n in 0..3 {
-        produce(&kafka, &setup.topic, "r", json!({"content": n}).to_string().as_bytes(), &[]).await;
+        produce(
+            &kafka,
+            &setup.topic,
+            "r",
+            json!({"content": n}).to_string().as_bytes(),
+            &[],
+        )
+        .await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while metric(&app.url, "sse_notify_kafka_paused").await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "ingestion never paused");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingestion never paused"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     redis.restart(); // empty: what was stored before is gone, what waited is not
     app.wait_ready().await;
     let items = wait_for_history_jwt(&app, "r", 3).await;
-    assert_eq!(items.iter().map(|i| i["content"].clone()).collect::<Vec<_>>(), [json!(0), json!(1), json!(2)]);
-    assert_eq!(metric(&app.url, "sse_notify_kafka_records_dead_lettered_total").await, 0.0);
+    assert_eq!(
+        items
+            .iter()
+            .map(|i| i["content"].clone())
+            .collect::<Vec<_>>(),
+        [json!(0), json!(1), json!(2)]
+    );
+    assert_eq!(
+        metric(&app.url, "sse_notify_kafka_records_dead_lettered_total").await,
+        0.0
+    );
     app.stop().await;
 }
 
 async fn wait_for_history_jwt(app: &TestApp, member: &str, count: usize) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let response = app.client.get(format!("{}/notifications", app.url)).bearer_auth(token(member)).send().await.unwrap();
+        let response = app
+            .client
+            .get(format!("{}/notifications", app.url))
+            .bearer_auth(token(member))
+            .send()
+            .await
+            .expect("the history request is answered");
         if response.status() == 200 {
-            let body: Value = response.json().await.unwrap();
-            let items = body["notifications"].as_array().unwrap().clone();
+            let body: Value = response.json().await.expect("history is JSON");
+            let items = body["notifications"].as_array().expect("a notifications array").clone();
             if items.len() >= count {
                 return items;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "notifications never stored");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notifications never stored"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -198,10 +329,25 @@ async fn sigterm_commits_the_stored_offsets() {
     let service = ServiceProcess::start(&setup.env(&redis_url, NO_PERIODIC_COMMIT)).await;
     let kafka = producer();
     for n in 0..4 {
-        produce(&kafka, &setup.topic, "s", json!({"content": n}).to_string().as_bytes(), &[]).await;
+        produce(
+            &kafka,
+            &setup.topic,
+            "s",
+            json!({"content": n}).to_string().as_bytes(),
+            &[],
+        )
+        .await;
     }
     wait_for_history(&service.url, "s", 4).await;
-    assert_eq!(committed(&setup.group, &setup.topic), None, "nothing committed before the signal");
+    assert_eq!(
+        committed(&setup.group, &setup.topic),
+        None,
+        "nothing committed before the signal"
+    );
     assert_eq!(service.terminate().code(), Some(0));
-    assert_eq!(committed(&setup.group, &setup.topic), Some(4), "the next offset to read is committed");
+    assert_eq!(
+        committed(&setup.group, &setup.topic),
+        Some(4),
+        "the next offset to read is committed"
+    );
 }

@@ -188,53 +188,26 @@ async fn malformed_positions_are_refused_with_a_json_400() {
 async fn publishing_during_a_large_replay_delivers_every_id_once_in_order() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
-    // A backlog larger than several replay batches, written straight into Redis through the
-    // service's own publish path but without 2,000 HTTP round trips: 20 concurrent publishers.
-    let mut backlog = Vec::new();
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let (url, client) = (app.url.clone(), app.client.clone());
-            tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for i in 0..100 {
-                    let response = client
-                        .post(format!("{url}/notifications"))
-                        .bearer_auth(crate::support::app::PUBLISH_TOKEN)
-                        .json(&json!({"member_id": "42", "content": i}))
-                        .send()
-                        .await
-                        .unwrap();
-                    let body: serde_json::Value = response.json().await.unwrap();
-                    ids.push(body["ids"][0].as_str().unwrap().to_owned());
-                }
-                ids
-            })
+    // A backlog of four replay batches, from 20 concurrent publishers.
+    let publish_many = |count: usize, tag: &'static str| {
+        let publisher = app.publisher();
+        tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(count);
+            for i in 0..count {
+                ids.push(publisher.publish("42", json!({ tag: i })).await);
+            }
+            ids
         })
-        .collect();
+    };
+    let mut backlog = Vec::new();
+    let tasks: Vec<_> = (0..20).map(|_| publish_many(100, "backlog")).collect();
     for task in tasks {
         backlog.extend(task.await.unwrap());
     }
 
     let mut stream = app.subscribe("42", "?lastEventId=0-0", &[]).await;
     // Publish concurrently while the replay is being read.
-    let racing = {
-        let (url, client) = (app.url.clone(), app.client.clone());
-        tokio::spawn(async move {
-            let mut ids = Vec::new();
-            for i in 0..300 {
-                let response = client
-                    .post(format!("{url}/notifications"))
-                    .bearer_auth(crate::support::app::PUBLISH_TOKEN)
-                    .json(&json!({"member_id": "42", "content": {"racing": i}}))
-                    .send()
-                    .await
-                    .unwrap();
-                let body: serde_json::Value = response.json().await.unwrap();
-                ids.push(body["ids"][0].as_str().unwrap().to_owned());
-            }
-            ids
-        })
-    };
+    let racing = publish_many(300, "racing");
     let total = backlog.len() + 300;
     let received = replayed_ids(&mut stream, total).await;
     let mut expected = backlog;

@@ -95,15 +95,15 @@ impl TestApp {
     }
 
     pub async fn publish(&self, member: &str, content: Value) -> String {
-        let response = self
-            .publish_raw(
-                json!({ "member_id": member, "type": "test", "content": content }),
-                &[],
-            )
-            .await;
-        assert_eq!(response.status(), 201, "publish failed");
-        let body: Value = response.json().await.expect("publish answers JSON");
-        body["ids"][0].as_str().expect("one id").to_owned()
+        self.publisher().publish(member, content).await
+    }
+
+    /// A handle that publishes through this instance from another task.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            url: self.url.clone(),
+            client: self.client.clone(),
+        }
     }
 
     pub async fn publish_raw(&self, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -158,6 +158,29 @@ impl TestApp {
             .send()
             .await
             .expect("subscribe request")
+    }
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Publisher {
+    /// Publishes `content` to `member` and returns the new id.
+    pub async fn publish(&self, member: &str, content: Value) -> String {
+        let response = self
+            .client
+            .post(format!("{}/notifications", self.url))
+            .bearer_auth(PUBLISH_TOKEN)
+            .json(&json!({ "member_id": member, "type": "test", "content": content }))
+            .send()
+            .await
+            .expect("publish request");
+        assert_eq!(response.status(), 201, "publish failed");
+        let body: Value = response.json().await.expect("publish answers JSON");
+        body["ids"][0].as_str().expect("one id").to_owned()
     }
 }
 

@@ -37,12 +37,19 @@ fn tansu_binary() -> String {
     let home = std::env::var("HOME").unwrap_or_default();
     let cache = std::env::var("XDG_CACHE_HOME").unwrap_or(format!("{home}/.cache"));
     let cached = format!("{cache}/sse-notify/tansu-0.6.0/bin/tansu");
-    if std::path::Path::new(&cached).exists() { cached } else { "tansu".to_owned() }
+    if std::path::Path::new(&cached).exists() {
+        cached
+    } else {
+        "tansu".to_owned()
+    }
 }
 
 fn start_broker() -> Broker {
     if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") {
-        return Broker { bootstrap, _lifeline: None };
+        return Broker {
+            bootstrap,
+            _lifeline: None,
+        };
     }
     let tansu = tansu_binary();
     let dir = std::env::temp_dir().join(format!("sse-notify-kafka-{}", uuid::Uuid::new_v4()));
@@ -54,7 +61,14 @@ fn start_broker() -> Broker {
         --storage-engine sqlite://tansu.db > broker.log 2>&1 &
         pid=$!; cat > /dev/null; kill $pid; wait $pid; rm -rf "$1""#;
     let mut child = Command::new("sh")
-        .args(["-c", script, "sh", dir.to_str().expect("utf-8 temp dir"), &tansu, &port.to_string()])
+        .args([
+            "-c",
+            script,
+            "sh",
+            dir.to_str().expect("utf-8 temp dir"),
+            &tansu,
+            &port.to_string(),
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .expect("sh starts");
@@ -62,18 +76,24 @@ fn start_broker() -> Broker {
     let log = dir.join("broker.log");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ready = std::fs::read_to_string(&log).is_ok_and(|l| l.lines().any(|line| line.starts_with("ready in")));
+        let ready = std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.lines().any(|line| line.starts_with("ready in")));
         if ready && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
         if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
             let mut text = String::new();
             let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
-            panic!("tansu ({tansu}) did not start; run scripts/kafka-test-broker.sh install. Log:\n{text}");
+            panic!(
+                "tansu ({tansu}) did not start; run scripts/kafka-test-broker.sh install. Log:\n{text}"
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Broker { bootstrap: format!("127.0.0.1:{port}"), _lifeline: Some(Mutex::new((child, stdin))) }
+    Broker {
+        bootstrap: format!("127.0.0.1:{port}"),
+        _lifeline: Some(Mutex::new((child, stdin))),
+    }
 }
 
 fn client_config() -> ClientConfig {
@@ -89,24 +109,48 @@ pub fn unique(prefix: &str) -> String {
 
 pub async fn create_topics(names: &[&str], partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
-    let topics: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
-    let results = admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics");
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .expect("create topics");
     for result in results {
         result.expect("topic created");
     }
 }
 
 pub fn producer() -> FutureProducer {
-    client_config().set("message.timeout.ms", "10000").create().expect("producer")
+    client_config()
+        .set("message.timeout.ms", "10000")
+        .create()
+        .expect("producer")
 }
 
-pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &[u8], headers: &[(&str, &str)]) {
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+    headers: &[(&str, &str)],
+) {
     let mut owned = OwnedHeaders::new();
     for (name, value) in headers {
-        owned = owned.insert(Header { key: name, value: Some(*value) });
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(*value),
+        });
     }
-    let record = FutureRecord::to(topic).key(key).payload(value).headers(owned);
-    producer.send(record, Duration::from_secs(10)).await.expect("record produced");
+    let record = FutureRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(owned);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .expect("record produced");
 }
 
 /// A record as read back: key, value and headers.
@@ -129,20 +173,42 @@ pub async fn consume(topic: &str, count: usize) -> Vec<Record> {
             .expect("record");
         let headers = message
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
-        records.push((message.key().unwrap_or_default().to_vec(), message.payload().unwrap_or_default().to_vec(), headers));
+        records.push((
+            message.key().unwrap_or_default().to_vec(),
+            message.payload().unwrap_or_default().to_vec(),
+            headers,
+        ));
     }
     records
 }
 
 /// The offset `group` has committed for partition 0 of `topic`, if any.
 pub fn committed(group: &str, topic: &str) -> Option<i64> {
-    let consumer: BaseConsumer = client_config().set("group.id", group).create().expect("consumer");
+    let consumer: BaseConsumer = client_config()
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
     let mut partitions = TopicPartitionList::new();
     partitions.add_partition(topic, 0);
-    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10)).expect("committed offsets");
-    match committed.find_partition(topic, 0).expect("partition 0").offset() {
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .expect("committed offsets");
+    match committed
+        .find_partition(topic, 0)
+        .expect("partition 0")
+        .offset()
+    {
         Offset::Offset(n) => Some(n),
         _ => None,
     }

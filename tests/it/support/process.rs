@@ -21,16 +21,29 @@ impl ServiceProcess {
             .envs(env.iter().copied())
             .spawn()
             .expect("the sse-notify binary starts");
-        let mut process = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let mut process = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let ready = client.get(format!("{}/readyz", process.url)).send().await.is_ok_and(|r| r.status().is_success());
+            let ready = client
+                .get(format!("{}/readyz", process.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
             if ready {
                 return process;
             }
-            assert!(process.child.try_wait().expect("child status").is_none(), "sse-notify exited at start");
-            assert!(Instant::now() < deadline, "sse-notify not ready within 10 s");
+            assert!(
+                process.child.try_wait().expect("child status").is_none(),
+                "sse-notify exited at start"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "sse-notify not ready within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -44,13 +57,22 @@ impl ServiceProcess {
     /// SIGTERM, then the exit status (bounded wait).
     pub fn terminate(mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill runs")
+                .success()
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().expect("child status") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "sse-notify did not exit within 10 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "sse-notify did not exit within 10 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
