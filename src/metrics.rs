@@ -107,6 +107,40 @@ impl Metrics {
             "From a notification's stream id time to its dispatch to live streams",
             metrics.delivery_seconds.clone(),
         );
+        registry.register(
+            "kafka_records_consumed",
+            "Kafka records received",
+            metrics.kafka_consumed.clone(),
+        );
+        registry.register(
+            "kafka_records_stored",
+            "Kafka records stored as new notifications",
+            metrics.kafka_stored.clone(),
+        );
+        registry.register(
+            "kafka_duplicates_suppressed",
+            "Kafka records already stored (redelivery), recognised by their idempotency key",
+            metrics.kafka_duplicates.clone(),
+        );
+        registry.register(
+            "kafka_records_dead_lettered",
+            "Undecodable Kafka records sent to the DLQ",
+            metrics.kafka_dead_lettered.clone(),
+        );
+        registry.register(
+            "kafka_errors",
+            "Kafka consumer and DLQ producer errors",
+            metrics.kafka_errors.clone(),
+        );
+        registry.register(
+            "kafka_paused",
+            "1 while ingestion waits for Redis",
+            metrics.kafka_paused.clone(),
+        );
+        // Known operations start at zero, so dashboards see each series before its first error.
+        for op in ["publish", "replay", "history", "live_read", "ping", "ingest"] {
+            let _ = metrics.redis_errors.get_or_create(&[("op", op)]);
+        }
         Self {
             registry: Arc::new(registry),
             ..metrics
