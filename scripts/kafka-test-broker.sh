@@ -3,6 +3,7 @@
 # dir, on a free 127.0.0.1 port. Built once per machine into the user's cache (~6-8 min on 2 cores).
 #   scripts/kafka-test-broker.sh install
 #   out="$(scripts/kafka-test-broker.sh start)" && eval "$out"   # exports KAFKA_BOOTSTRAP, KAFKA_BROKER_PID, KAFKA_BROKER_DIR
+#   scripts/kafka-test-broker.sh create-topic NAME 3              # on the broker started above
 #   scripts/kafka-test-broker.sh stop                            # stops the broker started above
 # Why these choices (measured): plain `cargo install tansu` has no storage engine; `memory://`
 # loses records when a consumer resumes inside a producer batch, `sqlite://` does not; a port in
@@ -57,9 +58,15 @@ stop() {
   return 0
 }
 
+# create-topic NAME PARTITIONS: on the broker started above (KAFKA_BOOTSTRAP).
+create_topic() {
+  "$TANSU_BIN" topic create --broker "tcp://${KAFKA_BOOTSTRAP:?start the broker first}" --partitions "$2" "$1" >/dev/null
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   install) install_tansu ;;
-  *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
+  create-topic) create_topic "$2" "${3:-1}" ;;
+  *) echo "usage: $0 install|start|stop|create-topic NAME [PARTITIONS]" >&2; exit 2 ;;
 esac

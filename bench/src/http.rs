@@ -185,6 +185,17 @@ impl Publisher {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// GETs `path` on a fresh connection and returns the body as text.
+    pub async fn get_text(&mut self, path: &str) -> anyhow::Result<String> {
+        let mut socket = TcpStream::connect(self.addr).await?;
+        let headers = [("connection".to_owned(), "close".to_owned())];
+        socket.write_all(&request("GET", path, &headers, b"")).await?;
+        let mut response = Vec::new();
+        socket.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response);
+        Ok(text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+    }
+
     async fn exchange(
         socket: &mut TcpStream,
         request: &[u8],

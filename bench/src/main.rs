@@ -80,6 +80,24 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         publishers: usize,
     },
+    /// Produce records into Kafka and time them into Redis (sse-notify consuming `--topic`).
+    Kafka {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value = "notifications")]
+        topic: String,
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Members the records are spread over (key = member id).
+        #[arg(long, default_value_t = 1_000)]
+        members: usize,
+        /// Only produce (run before the service starts, to measure its drain rate afterwards).
+        #[arg(long)]
+        produce_only: bool,
+        /// The records were produced beforehand: measure from the first stored to the last.
+        #[arg(long, conflicts_with = "produce_only")]
+        preloaded: bool,
+    },
 }
 
 impl Target {
@@ -191,6 +209,10 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 publishers,
             } => fanout(&cli.target, subscribers, rate, duration, publishers).await,
+            Scenario::Kafka { brokers, topic, records, members, produce_only, preloaded } => {
+                let phase = if produce_only { KafkaPhase::ProduceOnly } else if preloaded { KafkaPhase::Drain } else { KafkaPhase::Both };
+                kafka(&cli.target, &brokers, &topic, records, members, phase).await
+            }
         }
     })?;
     report(&result);
@@ -470,5 +492,88 @@ async fn fanout(
         "cpu_pct_server": cpu_pct(server_cpu0, server_cpu1),
         "cpu_pct_redis": cpu_pct(redis_cpu0, redis_cpu1),
         "cpu_pct_loadgen": cpu_pct(self_cpu0, self_cpu1),
+    }))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KafkaPhase {
+    /// Produce, then wait until all are stored: end to end, limited by the broker's produce rate.
+    Both,
+    ProduceOnly,
+    /// Records already in the topic: time from the first stored record to the last.
+    Drain,
+}
+
+/// Produces `records` JSON records (keys spread over `members`), then times them into Redis by
+/// watching sse-notify's `kafka_records_stored` counter.
+async fn kafka(target: &Target, brokers: &str, topic: &str, records: usize, members: usize, phase: KafkaPhase) -> anyhow::Result<Value> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let stored = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("sse_notify_kafka_records_stored_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let mut client = Publisher::new(target.addr);
+    let started = Instant::now();
+    if phase != KafkaPhase::Drain {
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "60000")
+            .create()?;
+        let run = now_micros() % 1_000_000;
+        let mut pending = Vec::with_capacity(10_000);
+        for n in 0..records {
+            let key = format!("k{run}-{}", n % members);
+            let value = json!({"type": "bench", "content": {"seq": n, "t": now_micros()}}).to_string();
+            match producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)) {
+                Ok(delivery) => pending.push(delivery),
+                Err((error, _)) => anyhow::bail!("produce failed: {error}"),
+            }
+            if pending.len() >= 10_000 {
+                for delivery in pending.drain(..) {
+                    delivery.await?.map_err(|(e, _)| e)?;
+                }
+            }
+        }
+        for delivery in pending {
+            delivery.await?.map_err(|(e, _)| e)?;
+        }
+    }
+    let produced_in = started.elapsed();
+    if phase == KafkaPhase::ProduceOnly {
+        return Ok(json!({
+            "scenario": "kafka-produce",
+            "records": records,
+            "seconds_to_produce": (produced_in.as_secs_f64() * 100.0).round() / 100.0,
+            "produced_per_sec": (records as f64 / produced_in.as_secs_f64()).round(),
+        }));
+    }
+    let mut first_stored = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let now_stored = stored(&client.get_text("/metrics").await?);
+        if now_stored > 0 && first_stored.is_none() {
+            first_stored = Some(Instant::now());
+        }
+        if now_stored >= records as u64 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {now_stored} of {records} stored after 10 min");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = started.elapsed();
+    let drain = first_stored.map_or(total, |t| t.elapsed());
+    Ok(json!({
+        "scenario": if phase == KafkaPhase::Drain { "kafka-drain" } else { "kafka-end-to-end" },
+        "target": target.name(),
+        "records": records,
+        "members": members,
+        "seconds_to_produce": (produced_in.as_secs_f64() * 100.0).round() / 100.0,
+        "seconds_until_all_stored": (total.as_secs_f64() * 100.0).round() / 100.0,
+        "records_per_sec_end_to_end": (records as f64 / total.as_secs_f64()).round(),
+        "records_per_sec_from_first_stored": (records as f64 / drain.as_secs_f64()).round(),
     }))
 }
