@@ -138,7 +138,14 @@ impl Metrics {
             metrics.kafka_paused.clone(),
         );
         // Known operations start at zero, so dashboards see each series before its first error.
-        for op in ["publish", "replay", "history", "live_read", "ping", "ingest"] {
+        for op in [
+            "publish",
+            "replay",
+            "history",
+            "live_read",
+            "ping",
+            "ingest",
+        ] {
             let _ = metrics.redis_errors.get_or_create(&[("op", op)]);
         }
         Self {

@@ -189,11 +189,16 @@ impl Publisher {
     pub async fn get_text(&mut self, path: &str) -> anyhow::Result<String> {
         let mut socket = TcpStream::connect(self.addr).await?;
         let headers = [("connection".to_owned(), "close".to_owned())];
-        socket.write_all(&request("GET", path, &headers, b"")).await?;
+        socket
+            .write_all(&request("GET", path, &headers, b""))
+            .await?;
         let mut response = Vec::new();
         socket.read_to_end(&mut response).await?;
         let text = String::from_utf8_lossy(&response);
-        Ok(text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+        Ok(text
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default())
     }
 
     async fn exchange(

@@ -209,8 +209,21 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 publishers,
             } => fanout(&cli.target, subscribers, rate, duration, publishers).await,
-            Scenario::Kafka { brokers, topic, records, members, produce_only, preloaded } => {
-                let phase = if produce_only { KafkaPhase::ProduceOnly } else if preloaded { KafkaPhase::Drain } else { KafkaPhase::Both };
+            Scenario::Kafka {
+                brokers,
+                topic,
+                records,
+                members,
+                produce_only,
+                preloaded,
+            } => {
+                let phase = if produce_only {
+                    KafkaPhase::ProduceOnly
+                } else if preloaded {
+                    KafkaPhase::Drain
+                } else {
+                    KafkaPhase::Both
+                };
                 kafka(&cli.target, &brokers, &topic, records, members, phase).await
             }
         }
@@ -506,7 +519,14 @@ enum KafkaPhase {
 
 /// Produces `records` JSON records (keys spread over `members`), then times them into Redis by
 /// watching sse-notify's `kafka_records_stored` counter.
-async fn kafka(target: &Target, brokers: &str, topic: &str, records: usize, members: usize, phase: KafkaPhase) -> anyhow::Result<Value> {
+async fn kafka(
+    target: &Target,
+    brokers: &str,
+    topic: &str,
+    records: usize,
+    members: usize,
+    phase: KafkaPhase,
+) -> anyhow::Result<Value> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let stored = |text: &str| -> u64 {
@@ -527,7 +547,8 @@ async fn kafka(target: &Target, brokers: &str, topic: &str, records: usize, memb
         let mut pending = Vec::with_capacity(10_000);
         for n in 0..records {
             let key = format!("k{run}-{}", n % members);
-            let value = json!({"type": "bench", "content": {"seq": n, "t": now_micros()}}).to_string();
+            let value =
+                json!({"type": "bench", "content": {"seq": n, "t": now_micros()}}).to_string();
             match producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)) {
                 Ok(delivery) => pending.push(delivery),
                 Err((error, _)) => anyhow::bail!("produce failed: {error}"),
@@ -561,7 +582,10 @@ async fn kafka(target: &Target, brokers: &str, topic: &str, records: usize, memb
         if now_stored >= records as u64 {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "only {now_stored} of {records} stored after 10 min");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {now_stored} of {records} stored after 10 min"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = started.elapsed();
