@@ -12,6 +12,8 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sse-notify", version, about, args_override_self = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// HTTP listen address.
     #[arg(long, env, default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
@@ -56,6 +58,28 @@ pub struct Args {
     /// Extra librdkafka properties, `key=value`, comma-separated (e.g. `session.timeout.ms=6000`).
     #[arg(long, env, value_delimiter = ',')]
     pub kafka_options: Vec<String>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Move notifications from the old layout (one sorted set per member) into member streams.
+    MigrateZset(MigrateArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// Report what would move; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only keys matching this SCAN pattern.
+    #[arg(long = "match", default_value = "*")]
+    pub pattern: String,
+    /// Remove moved (and expired) entries from the old sorted sets.
+    #[arg(long)]
+    pub delete_source: bool,
+    /// Keys per SCAN step and per pipelined round trip.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
 }
 
 /// A secret string: usable, comparable in constant time, never printed.

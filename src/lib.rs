@@ -6,5 +6,6 @@ pub mod http;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod store;

@@ -1,27 +1,29 @@
-//! The `sse-notify` binary: configuration, logging, the listener and signals; then `app::run`.
+//! The `sse-notify` binary: configuration, logging, the listener and signals; then `app::run`, or
+//! the `migrate-zset` command.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use sse_notify::app;
-use sse_notify::config::{Args, Config};
+use sse_notify::config::{Args, Command, Config, MigrateArgs};
+use sse_notify::migrate::{self, Options, Report};
+use sse_notify::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// sysexits' EX_CONFIG-like code for a configuration the service refuses to start with.
+/// sysexits' EX_USAGE: a configuration the service refuses to start with.
 const EXIT_BAD_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let config = match Config::try_from(Args::parse()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("sse-notify: {error}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    };
+    let mut args = Args::parse();
+    let command = args.command.take();
     tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -33,7 +35,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let outcome = match command {
+        Some(Command::MigrateZset(migrate_args)) => {
+            runtime.block_on(migrate_zset(args, migrate_args))
+        }
+        None => match Config::try_from(args) {
+            Ok(config) => runtime.block_on(serve(config)),
+            Err(error) => {
+                eprintln!("sse-notify: {error}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        },
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "sse-notify stopped");
@@ -43,7 +57,6 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let listener = TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
@@ -69,4 +82,74 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
     shutdown.cancel();
+}
+
+/// Runs the migration, with progress on stderr (a line every 2 s) and a summary on stdout.
+async fn migrate_zset(args: Args, migrate_args: MigrateArgs) -> anyhow::Result<()> {
+    let retention = Duration::from_secs(args.retention_secs.max(1));
+    let store = Store::new(&args.redis_url, retention, args.max_per_member.max(1))
+        .context("invalid REDIS_URL")?;
+    store
+        .ping()
+        .await
+        .with_context(|| format!("cannot reach redis at {}", args.redis_url))?;
+    let options = Options {
+        dry_run: migrate_args.dry_run,
+        pattern: migrate_args.pattern,
+        delete_source: migrate_args.delete_source,
+        batch: migrate_args.batch as usize,
+    };
+    let interactive = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now();
+    let report = migrate::run(&store, &options, |report| {
+        if interactive {
+            eprint!("\r{}", progress_line(report));
+        } else if last_line.elapsed() >= Duration::from_secs(2) {
+            last_line = Instant::now();
+            tracing::info!(progress = progress_line(report), "migrating");
+        }
+    })
+    .await
+    .context("migration stopped; run it again to finish (nothing moves twice)")?;
+    if interactive {
+        eprintln!();
+    }
+    let summary = summary(&report, options.dry_run);
+    std::io::Write::write_all(&mut std::io::stdout(), summary.as_bytes())
+        .context("cannot write the summary")?;
+    Ok(())
+}
+
+fn progress_line(report: &Report) -> String {
+    format!(
+        "{} keys scanned, {} moved ({} entries), {} expired, {:.1} s",
+        report.keys_scanned,
+        report.keys_moved,
+        report.entries_moved,
+        report.entries_expired,
+        report.elapsed.as_secs_f64()
+    )
+}
+
+fn summary(report: &Report, dry_run: bool) -> String {
+    let verb = if dry_run { "would move" } else { "moved" };
+    let mut out = format!(
+        "{}migrate-zset: {verb} {} entries of {} keys in {:.2} s\n  keys scanned:           {}\n  entries already there:  {}\n  entries expired:        {}\n  entries skipped:        {} ({})\n",
+        if dry_run { "[dry run] " } else { "" },
+        report.entries_moved,
+        report.keys_moved,
+        report.elapsed.as_secs_f64(),
+        report.keys_scanned,
+        report.entries_already_there,
+        report.entries_expired,
+        report.entries_skipped,
+        migrate::NOT_THE_EXPECTED_JSON,
+    );
+    for (reason, count) in &report.keys_skipped {
+        out.push_str(&format!("  keys skipped:           {count} ({reason})\n"));
+    }
+    for (what, reason) in &report.examples {
+        out.push_str(&format!("  left alone: {what} ({reason})\n"));
+    }
+    out
 }

@@ -7,6 +7,7 @@
 //! number of open streams.
 
 pub mod keys;
+pub mod legacy;
 mod scripts;
 
 use std::collections::BTreeMap;

@@ -9,3 +9,5 @@ pub static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../migrations-lua/publish.lua")));
 pub static EPOCH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../migrations-lua/epoch.lua")));
+pub static MIGRATE_ZSET: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../migrations-lua/migrate_zset.lua")));

@@ -6,6 +6,7 @@ mod auth;
 mod compose;
 mod history;
 mod kafka;
+mod migrate;
 mod ops;
 mod publish;
 mod resilience;

@@ -176,10 +176,10 @@ fn the_binary_drains_and_exits_zero_on_sigterm_and_refuses_bad_config_with_64() 
         .env("REDIS_URL", redis.url())
         .env("AUTH_MODE", "gateway")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut log = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
     assert!(
         log.by_ref()
             .map_while(Result::ok)
