@@ -21,6 +21,5 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
 
-# The browser suite drives the debug binary `cargo test` just built.
-cargo build --locked --bin sse-notify
+# The browser suite drives target/debug/sse-notify, which `cargo test` just built.
 node --test tests/browser/

@@ -30,6 +30,7 @@ pub const NOT_THE_EXPECTED_JSON: &str = "entry is not the expected JSON";
 
 #[derive(Debug, Default, Clone)]
 pub struct Report {
+    /// Keys seen, the service's own (`n:{...}`) not counted.
     pub keys_scanned: u64,
     /// Sorted sets in the old layout that had something to move.
     pub keys_moved: u64,
@@ -82,7 +83,7 @@ pub async fn run(
     let mut cursor = 0;
     loop {
         let (next, keys) = store.scan(cursor, &options.pattern, options.batch).await?;
-        report.keys_scanned += keys.len() as u64;
+        report.keys_scanned += keys.iter().filter(|k| !k.starts_with("n:{")).count() as u64;
         migrate_batch(store, options, keys, &mut report).await?;
         report.elapsed = started.elapsed();
         progress(&report);
