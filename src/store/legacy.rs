@@ -81,16 +81,7 @@ impl Store {
                 cmd.arg(entry.id.to_string()).arg(&entry.content);
             }
         }
-        let mut commands = self.commands.clone();
-        let replies: Vec<Value> = match pipe.query_async(&mut commands).await {
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                scripts::MIGRATE_ZSET.load_async(&mut commands).await?;
-                pipe.query_async(&mut commands).await?
-            }
-            other => other?,
-        };
+        let replies = self.run_scripts(&pipe, &scripts::MIGRATE_ZSET).await?;
         replies
             .into_iter()
             .map(|reply| match reply {

@@ -125,18 +125,7 @@ impl Store {
         for note in notes {
             pipe.add_command(publish_command(note, self.retention, self.max_per_member));
         }
-        let mut commands = self.commands.clone();
-        let replies: Vec<Value> = match pipe.query_async(&mut commands).await {
-            // Redis restarted or failed over and forgot the script: load it and go again. Nothing
-            // ran (every call of the pipeline failed the same way).
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                scripts::PUBLISH.load_async(&mut commands).await?;
-                pipe.query_async(&mut commands).await?
-            }
-            other => other?,
-        };
+        let replies = self.run_scripts(&pipe, &scripts::PUBLISH).await?;
         if replies.len() != notes.len() {
             return Err(StoreError::Reply(
                 "publish pipeline returned the wrong number of replies",
@@ -147,6 +136,26 @@ impl Store {
             .zip(notes)
             .map(|(reply, note)| appended(reply, note.members.len()))
             .collect()
+    }
+
+    /// Runs a pipeline of `EVALSHA` calls of `script`. When Redis answers NOSCRIPT (it restarted or
+    /// failed over and forgot the script), loads it and runs the pipeline again: nothing ran the
+    /// first time, since every call failed the same way.
+    async fn run_scripts(
+        &self,
+        pipe: &redis::Pipeline,
+        script: &redis::Script,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut commands = self.commands.clone();
+        match pipe.query_async(&mut commands).await {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                script.load_async(&mut commands).await?;
+                Ok(pipe.query_async(&mut commands).await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Reads up to `count` entries after `after`, with the partition epoch and whether the stream
