@@ -8,9 +8,25 @@ use clap::{CommandFactory as _, Parser as _};
 use serde_json::Value;
 use sse_notify::config::{Args, Config};
 
-/// `COMPOSE_BIN` (set by scripts/test.sh), else a `docker-compose` on the PATH.
+/// `COMPOSE_BIN` (set by scripts/test.sh), else the one scripts/test.sh installed in the cache,
+/// else a `docker-compose` on the PATH.
 fn compose_bin() -> String {
-    std::env::var("COMPOSE_BIN").unwrap_or_else(|_| "docker-compose".to_owned())
+    if let Ok(bin) = std::env::var("COMPOSE_BIN") {
+        return bin;
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cache = std::env::var("XDG_CACHE_HOME").unwrap_or(format!("{home}/.cache"));
+    let lib = std::path::Path::new(&cache).join("sse-notify/compose-venv/lib");
+    std::fs::read_dir(lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/compose/docker-compose"))
+        .find(|bin| bin.exists())
+        .map_or_else(
+            || "docker-compose".to_owned(),
+            |bin| bin.display().to_string(),
+        )
 }
 
 fn rendered_compose() -> Value {
