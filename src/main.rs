@@ -99,14 +99,17 @@ async fn migrate_zset(args: Args, migrate_args: MigrateArgs) -> anyhow::Result<(
         delete_source: migrate_args.delete_source,
         batch: migrate_args.batch as usize,
     };
+    // SCAN has no total; the key count at the start gives a fair percentage.
+    let total_keys = store.key_count().await.unwrap_or(0).max(1);
     let interactive = std::io::stderr().is_terminal();
     let mut last_line = Instant::now();
     let report = migrate::run(&store, &options, |report| {
         if interactive {
-            eprint!("\r{}", progress_line(report));
+            eprint!("\r{}", progress_line(report, total_keys));
         } else if last_line.elapsed() >= Duration::from_secs(2) {
             last_line = Instant::now();
-            tracing::info!(progress = progress_line(report), "migrating");
+            let line = progress_line(report, total_keys);
+            tracing::info!(progress = line.trim_end_matches("\x1b[K"), "migrating");
         }
     })
     .await
@@ -120,13 +123,16 @@ async fn migrate_zset(args: Args, migrate_args: MigrateArgs) -> anyhow::Result<(
     Ok(())
 }
 
-fn progress_line(report: &Report) -> String {
+/// One short line (it is redrawn in place on a terminal, so it must not wrap).
+fn progress_line(report: &Report, total_keys: u64) -> String {
+    let percent = (report.keys_scanned * 100 / total_keys).min(100);
+    let bar: String = (0..20)
+        .map(|i| if i * 5 < percent { '#' } else { '.' })
+        .collect();
     format!(
-        "{} keys scanned, {} moved ({} entries), {} expired, {:.1} s",
+        "[{bar}] {percent:>3}% {} keys, {} entries moved, {:.1} s\x1b[K",
         report.keys_scanned,
-        report.keys_moved,
         report.entries_moved,
-        report.entries_expired,
         report.elapsed.as_secs_f64()
     )
 }

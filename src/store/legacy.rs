@@ -39,6 +39,13 @@ impl Store {
         Ok((cursor, keys))
     }
 
+    /// How many keys the database holds: the denominator of a scan's progress.
+    pub async fn key_count(&self) -> Result<u64, StoreError> {
+        Ok(redis::cmd("DBSIZE")
+            .query_async(&mut self.commands.clone())
+            .await?)
+    }
+
     /// The Redis type of each key (`zset`, `string`, `none`, ...), in one round trip.
     pub async fn key_types(&self, keys: &[String]) -> Result<Vec<String>, StoreError> {
         let mut pipe = redis::pipe();
