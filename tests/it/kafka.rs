@@ -9,7 +9,7 @@ use crate::support::kafka::{
     bootstrap, committed, consume, create_topics, produce, producer, unique,
 };
 use crate::support::process::ServiceProcess;
-use crate::support::{RedisServer, TestApp, WAIT, token};
+use crate::support::{RedisServer, TestApp, WAIT, eventually};
 
 /// Topic, DLQ topic and group, fresh for one test, and the flags that point an instance at them.
 struct Setup {
@@ -77,19 +77,14 @@ async fn history(url: &str, member: &str) -> Vec<Value> {
 }
 
 async fn wait_for_history(url: &str, member: &str, count: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let items = history(url, member).await;
-        if items.len() >= count {
-            return items;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {count} notifications stored: {items:?}",
-            items.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("{count} notifications stored for {member}"),
+        || async {
+            let items = history(url, member).await;
+            (items.len() >= count).then_some(items)
+        },
+    )
+    .await
 }
 
 async fn metric(url: &str, name: &str) -> f64 {
@@ -106,14 +101,10 @@ async fn metric(url: &str, name: &str) -> f64 {
 
 /// Waits (bounded) until a metric reaches `value`.
 async fn wait_for_metric(url: &str, name: &str, value: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while metric(url, name).await < value {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never reached {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(&format!("{name} to reach {value}"), || async {
+        (metric(url, name).await >= value).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +260,9 @@ async fn a_crash_after_storing_redelivers_and_no_duplicate_reaches_the_subscribe
 async fn redis_down_pauses_ingestion_and_nothing_is_lost_once_it_is_back() {
     let mut redis = RedisServer::start();
     let setup = Setup::new(1).await;
-    let app = TestApp::start(&redis.url(), &setup.flags(FAST_GROUP)).await;
+    let mut flags = setup.flags(FAST_GROUP);
+    flags.extend(["--auth-mode", "gateway"]); // history by member_id, as in the other tests here
+    let app = TestApp::start(&redis.url(), &flags).await;
     let kafka = producer();
     produce(&kafka, &setup.topic, "r", br#"{"content":"before"}"#, &[]).await;
     wait_for_metric(&app.url, "sse_notify_kafka_records_stored_total", 1.0).await;
@@ -288,7 +281,7 @@ async fn redis_down_pauses_ingestion_and_nothing_is_lost_once_it_is_back() {
     wait_for_metric(&app.url, "sse_notify_kafka_paused", 1.0).await;
     redis.restart(); // empty: what was stored before is gone, what waited is not
     app.wait_ready().await;
-    let items = wait_for_history_jwt(&app, "r", 3).await;
+    let items = wait_for_history(&app.url, "r", 3).await;
     assert_eq!(
         items
             .iter()
@@ -301,34 +294,6 @@ async fn redis_down_pauses_ingestion_and_nothing_is_lost_once_it_is_back() {
         0.0
     );
     app.stop().await;
-}
-
-async fn wait_for_history_jwt(app: &TestApp, member: &str, count: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = app
-            .client
-            .get(format!("{}/notifications", app.url))
-            .bearer_auth(token(member))
-            .send()
-            .await
-            .expect("the history request is answered");
-        if response.status() == 200 {
-            let body: Value = response.json().await.expect("history is JSON");
-            let items = body["notifications"]
-                .as_array()
-                .expect("a notifications array")
-                .clone();
-            if items.len() >= count {
-                return items;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "notifications never stored"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,3 +12,21 @@ pub fn id_order(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').expect("a stream id");
     (ms.parse().expect("ms"), seq.parse().expect("seq"))
 }
+
+/// Polls `check` every 50 ms until it yields `Some`; panics naming `what` after 30 s.
+pub async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
