@@ -56,14 +56,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Pending connections the kernel may queue: a fleet of browsers reconnecting at once (after a
+/// deploy) must not overflow it, or their SYNs are dropped and retried seconds later. The kernel
+/// caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 65_535;
+
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen_addr)
-        .await
+    let listener = listen(config.listen_addr)
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     app::run(config, listener, shutdown).await
+}
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// SIGTERM or SIGINT starts draining.

@@ -97,10 +97,16 @@ impl EventStream {
             bytes = chunk;
         }
         let body = match &mut self.dechunk {
+            // The last chunk ends the response even though the connection stays open.
+            Some(dechunk) if dechunk.finished => return Ok(None),
             Some(dechunk) => dechunk.feed(&bytes),
             None => bytes,
         };
-        Ok(Some(self.parser.feed(&body)))
+        let events = self.parser.feed(&body);
+        if events.is_empty() && self.dechunk.as_ref().is_some_and(|d| d.finished) {
+            return Ok(None);
+        }
+        Ok(Some(events))
     }
 }
 
@@ -111,6 +117,8 @@ struct Dechunker {
     remaining: usize,
     /// Bytes of the CRLF after a chunk's data still to skip.
     trailer: usize,
+    /// The zero-length last chunk was seen: the response is over.
+    finished: bool,
 }
 
 impl Dechunker {
@@ -140,6 +148,10 @@ impl Dechunker {
                 self.size_line.clear();
                 let hex = line.split(';').next().unwrap_or_default();
                 self.remaining = usize::from_str_radix(hex, 16).unwrap_or(0);
+                if self.remaining == 0 && !hex.is_empty() {
+                    self.finished = true;
+                    break;
+                }
             }
         }
         out
@@ -169,6 +181,16 @@ impl Publisher {
         headers: &[(String, String)],
         body: &[u8],
     ) -> anyhow::Result<u16> {
+        Ok(self.post_for_body(path, headers, body).await?.0)
+    }
+
+    /// POSTs and returns the status and the (non-chunked) response body.
+    pub async fn post_for_body(
+        &mut self,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
         let request = request("POST", path, headers, body);
         for attempt in 0..2 {
             let socket = match &mut self.socket {
@@ -176,7 +198,7 @@ impl Publisher {
                 None => self.socket.insert(TcpStream::connect(self.addr).await?),
             };
             match Self::exchange(socket, &request, &mut self.buf).await {
-                Ok(status) => return Ok(status),
+                Ok(answer) => return Ok(answer),
                 // The server closed the kept-alive socket: once more on a new one.
                 Err(_) if attempt == 0 => self.socket = None,
                 Err(error) => return Err(error),
@@ -205,7 +227,7 @@ impl Publisher {
         socket: &mut TcpStream,
         request: &[u8],
         buf: &mut Vec<u8>,
-    ) -> anyhow::Result<u16> {
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
         socket.write_all(request).await?;
         let (status, chunked, length, mut rest) = read_head(socket, buf).await?;
         if chunked {
@@ -228,7 +250,7 @@ impl Publisher {
                 rest.extend_from_slice(&chunk[..n]);
             }
         }
-        Ok(status)
+        Ok((status, rest))
     }
 }
 
@@ -243,6 +265,10 @@ mod tests {
             let mut dechunker = Dechunker::default();
             let out: Vec<u8> = wire.chunks(piece).flat_map(|c| dechunker.feed(c)).collect();
             assert_eq!(out, b"hello, world", "piece {piece}");
+            assert!(
+                dechunker.finished,
+                "the last chunk ends the body (piece {piece})"
+            );
         }
     }
 }

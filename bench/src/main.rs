@@ -80,6 +80,14 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         publishers: usize,
     },
+    /// Replay storm: every member missed `missed` notifications; all reconnect at once with their
+    /// Last-Event-ID. Time until every client has caught up, exactly (sse-notify only for now).
+    Replay {
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        #[arg(long, default_value_t = 100)]
+        missed: usize,
+    },
     /// Produce records into Kafka and time them into Redis (sse-notify consuming `--topic`).
     Kafka {
         #[arg(long)]
@@ -209,6 +217,7 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 publishers,
             } => fanout(&cli.target, subscribers, rate, duration, publishers).await,
+            Scenario::Replay { members, missed } => replay(&cli.target, members, missed).await,
             Scenario::Kafka {
                 brokers,
                 topic,
@@ -600,4 +609,109 @@ async fn kafka(
         "records_per_sec_end_to_end": (records as f64 / total.as_secs_f64()).round(),
         "records_per_sec_from_first_stored": (records as f64 / drain.as_secs_f64()).round(),
     }))
+}
+
+/// Publishes one anchor per member (its id is the client's Last-Event-ID), then `missed` more per
+/// member in `member_ids` batches, then reconnects every member at once and waits until each has
+/// received exactly its `missed` notifications, in order.
+async fn replay(target: &Target, members: usize, missed: usize) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        target.target == Kind::SseNotify,
+        "the replay storm drives sse-notify only for now"
+    );
+    let run = format!("rep{}", now_micros() % 1_000_000);
+    let names: Vec<String> = (0..members).map(|i| format!("{run}-{i}")).collect();
+    let headers = target.publish_headers();
+    let mut publisher = Publisher::new(target.addr);
+    let mut anchors = Vec::with_capacity(members);
+    for batch in names.chunks(1_000) {
+        anchors
+            .extend(publish_batch(&mut publisher, &headers, batch, json!({"anchor": true})).await?);
+    }
+    for seq in 1..=missed {
+        for batch in names.chunks(1_000) {
+            publish_batch(&mut publisher, &headers, batch, json!({"seq": seq})).await?;
+        }
+    }
+
+    let cpu = |pid: Option<u32>| pid.and_then(|p| probe::cpu_seconds(p).ok());
+    let (server_cpu0, redis_cpu0) = (cpu(target.server_pid), cpu(target.redis_pid));
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(members);
+    for (member, anchor) in names.iter().zip(anchors) {
+        let target = target.clone();
+        let member = member.clone();
+        clients.push(tokio::spawn(async move {
+            let mut headers = target.subscribe_headers(&member);
+            headers.push(("last-event-id".to_owned(), anchor));
+            let mut stream =
+                EventStream::open(target.addr, &target.subscribe_path(&member), &headers).await?;
+            let mut next = 1;
+            while next <= missed {
+                let events = stream
+                    .next_events()
+                    .await?
+                    .context("closed before catching up")?;
+                for event in events
+                    .iter()
+                    .filter(|e| e.event.as_deref() == Some("notification"))
+                {
+                    let data: Value = serde_json::from_str(&event.data)?;
+                    anyhow::ensure!(
+                        data["content"]["seq"].as_u64() == Some(next as u64),
+                        "out of order or duplicate"
+                    );
+                    next += 1;
+                }
+            }
+            Ok::<Duration, anyhow::Error>(started.elapsed())
+        }));
+    }
+    let mut caught_up = Vec::with_capacity(members);
+    let mut failures = 0;
+    for client in clients {
+        match client.await? {
+            Ok(at) => caught_up.push(at.as_micros() as u64),
+            Err(error) => {
+                failures += 1;
+                eprintln!("replay client: {error:#}");
+            }
+        }
+    }
+    let all = started.elapsed();
+    caught_up.sort_unstable();
+    Ok(json!({
+        "scenario": "replay-storm",
+        "target": target.name(),
+        "members": members,
+        "missed_each": missed,
+        "clients_caught_up_exactly": caught_up.len(),
+        "failures": failures,
+        "seconds_until_all_caught_up": (all.as_secs_f64() * 100.0).round() / 100.0,
+        "caught_up_s_p50": percentile(&caught_up, 0.5) as f64 / 1e6,
+        "caught_up_s_p99": percentile(&caught_up, 0.99) as f64 / 1e6,
+        "server_cpu_seconds": cpu(target.server_pid).zip(server_cpu0).map(|(b, a)| ((b - a) * 100.0).round() / 100.0),
+        "redis_cpu_seconds": cpu(target.redis_pid).zip(redis_cpu0).map(|(b, a)| ((b - a) * 100.0).round() / 100.0),
+    }))
+}
+
+/// One publish to many members (`member_ids`); the ids it created, in member order.
+async fn publish_batch(
+    publisher: &mut Publisher,
+    headers: &[(String, String)],
+    batch: &[String],
+    content: Value,
+) -> anyhow::Result<Vec<String>> {
+    let body = json!({"member_ids": batch, "type": "bench", "content": content}).to_string();
+    let (status, body) = publisher
+        .post_for_body("/notifications", headers, body.as_bytes())
+        .await?;
+    anyhow::ensure!(status == 201, "publish answered {status}");
+    let ids: Value = serde_json::from_slice(&body)?;
+    Ok(ids["ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect())
 }

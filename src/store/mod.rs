@@ -11,10 +11,12 @@ pub mod legacy;
 mod scripts;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
+use tokio::sync::Semaphore;
 
 use crate::model::{Entry, MemberId, StreamId};
 
@@ -64,10 +66,16 @@ pub struct ReplayHead {
     pub entries: Vec<Entry>,
 }
 
+/// Replay and history reads in flight at once. A reconnect storm (every browser of a restarted
+/// instance at once) then queues here in order instead of piling thousands of pipelines onto the
+/// command connection, where the late ones would time out and be told to retry.
+const CONCURRENT_READS: usize = 64;
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
     commands: ConnectionManager,
+    reads: Arc<Semaphore>,
     retention: Duration,
     max_per_member: u64,
 }
@@ -90,6 +98,7 @@ impl Store {
         Ok(Self {
             client,
             commands,
+            reads: Arc::new(Semaphore::new(CONCURRENT_READS)),
             retention,
             max_per_member,
         })
@@ -166,6 +175,11 @@ impl Store {
         after: StreamId,
         count: usize,
     ) -> Result<ReplayHead, StoreError> {
+        let _turn = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Reply("store is closing"))?;
         let stream = keys::stream(member);
         let (epoch, exists, entries): (Option<u64>, bool, Value) = redis::pipe()
             .hget(keys::epoch(keys::partition_of(member)), "ms")
@@ -192,6 +206,11 @@ impl Store {
         after: StreamId,
         count: usize,
     ) -> Result<Vec<Entry>, StoreError> {
+        let _turn = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Reply("store is closing"))?;
         let reply: Value = redis::cmd("XRANGE")
             .arg(keys::stream(member))
             .arg(format!("({after}"))
