@@ -43,8 +43,11 @@ pub fn idempotency(member: &MemberId, key: &str) -> String {
     format!("n:{{{}}}:i:{member}:{key}", TAGS[partition_of(member)])
 }
 
-pub fn fanout(partition: usize) -> String {
-    format!("n:{{{}}}:live", TAGS[partition])
+/// The partition's fan-out stream key, built once: readers name all of them on every `XREAD`.
+pub fn fanout(partition: usize) -> &'static str {
+    static FANOUT: LazyLock<[String; PARTITIONS]> =
+        LazyLock::new(|| std::array::from_fn(|k| format!("n:{{{}}}:live", TAGS[k])));
+    &FANOUT[partition]
 }
 
 pub fn epoch(partition: usize) -> String {

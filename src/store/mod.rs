@@ -357,7 +357,7 @@ fn publish_command(
         let partition = keys::partition_of(member);
         keys.extend([
             keys::stream(member),
-            keys::fanout(partition),
+            keys::fanout(partition).to_owned(),
             keys::epoch(partition),
         ]);
         if let Some(key) = note.idempotency_key {
