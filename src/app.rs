@@ -1,6 +1,5 @@
 //! Wiring and the order of shutdown; no business rule lives here.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,15 +57,14 @@ pub async fn run(
         metrics,
         shutdown: shutdown.clone(),
     };
-    let server = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let router = http::router(state.clone());
+    let server = http::serve(listener, router, state.metrics, shutdown.clone());
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(GRACE).await;
     };
     tokio::select! {
-        served = server => served.context("HTTP server failed")?,
+        () = server => {}
         () = deadline => tracing::warn!(grace = ?GRACE, "connections still open; closing them"),
     }
     shutdown.cancel(); // also when the server stopped by itself

@@ -5,6 +5,7 @@ mod error;
 mod history;
 mod ops;
 mod publish;
+mod server;
 mod sse;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use server::serve;
 
 use crate::config::Config;
 use crate::live::Hub;

@@ -4,6 +4,7 @@ mod support;
 
 mod auth;
 mod compose;
+mod connection;
 mod history;
 mod kafka;
 mod migrate;

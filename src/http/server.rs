@@ -1,0 +1,468 @@
+//! The HTTP/1 server: accepts connections and serves them through the router.
+//!
+//! An SSE stream lives for hours, so what a connection holds is paid for every open stream. hyper
+//! keeps an 8 KiB (often 16 KiB) read buffer and an 8 KiB write buffer per connection for its
+//! whole life: two thirds of an idle stream's memory. So a connection whose first request is a
+//! plain `GET /notification/subscribe` is driven here instead: the request head is read into a
+//! short-lived buffer, the router answers it as usual (auth, CORS, tracing, errors), and the SSE
+//! body is written to the socket frame by frame with nothing buffered in between. Any other
+//! request, or anything unusual about this one, goes to hyper together with the bytes already read.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
+use axum::http::{HeaderMap, Request, StatusCode, Version};
+use futures_util::StreamExt as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use super::MAX_BODY;
+use crate::metrics::Metrics;
+
+/// A client must send its first request head within this time.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// First allocation for a request head; a browser's with cookies fits in a few hundred bytes.
+const HEAD_BUFFER: usize = 2048;
+/// A head longer than this is hyper's to judge (it answers 431 when it is too long).
+const MAX_HEAD: usize = 16 * 1024;
+/// Headers a subscribe request may have on this path; more go to hyper.
+const MAX_HEADERS: usize = 48;
+/// A client whose socket accepts nothing for this long is not reading: it is dropped. (One that
+/// is merely slow is dropped sooner, by the hub, when its 256-frame queue fills.)
+const WRITE_STALL: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves until `shutdown` is cancelled, then stops accepting and waits for open connections:
+/// streams end themselves with a goodbye, hyper connections finish their request and close.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let socket = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _peer)) => socket,
+                Err(error) => {
+                    tracing::error!(%error, "cannot accept a connection; retrying");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // SSE frames are small and each is written whole: Nagle would only delay them.
+        let _ = socket.set_nodelay(true);
+        connections.spawn(connection(
+            socket,
+            router.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+async fn connection(
+    socket: TcpStream,
+    router: Router,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let first = match tokio::time::timeout(HEAD_TIMEOUT, read_first_head(&socket)).await {
+        Ok(Ok(first)) => first,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection failed before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("no request within {HEAD_TIMEOUT:?}; closing the connection");
+            return;
+        }
+    };
+    match first {
+        FirstRequest::None => {}
+        FirstRequest::Stream(request) => stream(socket, router, request, &metrics).await,
+        FirstRequest::Other(read) => hyper(Rewind::new(read, socket), router, shutdown).await,
+    }
+}
+
+enum FirstRequest {
+    /// The client closed without sending anything.
+    None,
+    /// A subscribe request this module drives itself.
+    Stream(Box<Request<Body>>),
+    /// Anything else, with the bytes read so far.
+    Other(Vec<u8>),
+}
+
+async fn read_first_head(socket: &TcpStream) -> io::Result<FirstRequest> {
+    let mut read = Vec::with_capacity(HEAD_BUFFER);
+    loop {
+        if read.len() == read.capacity() {
+            if read.len() >= MAX_HEAD {
+                return Ok(FirstRequest::Other(read));
+            }
+            read.reserve(read.len());
+        }
+        socket.readable().await?;
+        let received = match socket.try_read_buf(&mut read) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            received => received?,
+        };
+        if received == 0 {
+            return Ok(if read.is_empty() {
+                FirstRequest::None
+            } else {
+                FirstRequest::Other(read) // hyper reports the truncated request
+            });
+        }
+        match subscribe_request(&read) {
+            Parsed::Partial => {}
+            Parsed::Stream(request) => return Ok(FirstRequest::Stream(request)),
+            Parsed::Other => return Ok(FirstRequest::Other(read)),
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    Stream(Box<Request<Body>>),
+    Other,
+}
+
+/// A bodiless HTTP/1.1 `GET` of the subscribe route with nothing hyper would need to handle
+/// (upgrades, `Expect`, a body) becomes a request for the router; anything else is `Other`.
+fn subscribe_request(read: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    match head.parse(read) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    }
+    let (Some("GET"), Some(target), Some(1)) = (head.method, head.path, head.version) else {
+        return Parsed::Other;
+    };
+    let route = target.split_once('?').map_or(target, |(route, _)| route);
+    if route != "/notification/subscribe" && route != "/notification/subscribe/" {
+        return Parsed::Other;
+    }
+    let mut request = Request::new(Body::empty());
+    *request.version_mut() = Version::HTTP_11;
+    let Ok(uri) = target.parse() else {
+        return Parsed::Other;
+    };
+    *request.uri_mut() = uri;
+    let map = request.headers_mut();
+    for header in head.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(header.name.as_bytes()),
+            HeaderValue::from_bytes(header.value),
+        ) else {
+            return Parsed::Other;
+        };
+        map.append(name, value);
+    }
+    let needs_hyper = ["content-length", "transfer-encoding", "expect", "upgrade"]
+        .iter()
+        .any(|name| map.contains_key(*name));
+    if needs_hyper {
+        return Parsed::Other;
+    }
+    Parsed::Stream(Box::new(request))
+}
+
+/// Answers one subscribe request and closes the connection: an event stream chunk by chunk as
+/// the session produces it, anything else (a 401, a 400) whole.
+async fn stream(socket: TcpStream, router: Router, request: Box<Request<Body>>, metrics: &Metrics) {
+    let response = match router.oneshot(*request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let is_stream = parts.status == StatusCode::OK
+        && parts
+            .headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let outcome = if is_stream {
+        write_stream(&socket, &parts.headers, body).await
+    } else {
+        write_whole(&socket, parts.status, &parts.headers, body).await
+    };
+    match outcome {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+            metrics.slow_client_disconnects.inc();
+            tracing::debug!("client stopped reading; closing its stream");
+        }
+        Err(error) => tracing::debug!(%error, "stream connection closed"),
+    }
+}
+
+async fn write_stream(socket: &TcpStream, headers: &HeaderMap, body: Body) -> io::Result<()> {
+    let head = response_head(StatusCode::OK, headers, "transfer-encoding: chunked");
+    write_all(socket, &mut [IoSlice::new(&head)]).await?;
+    drop(head);
+    let mut body = body.into_data_stream();
+    loop {
+        let chunk = tokio::select! {
+            chunk = body.next() => chunk,
+            () = closed_by_client(socket) => return Ok(()),
+        };
+        match chunk {
+            Some(Ok(chunk)) if chunk.is_empty() => {}
+            Some(Ok(chunk)) => {
+                let size = format!("{:x}\r\n", chunk.len());
+                let mut frame = [
+                    IoSlice::new(size.as_bytes()),
+                    IoSlice::new(&chunk),
+                    IoSlice::new(b"\r\n"),
+                ];
+                write_all(socket, &mut frame).await?;
+            }
+            Some(Err(error)) => {
+                // Ends without the last chunk, so the client sees a broken stream, not a clean end.
+                tracing::warn!(%error, "event stream failed");
+                return Ok(());
+            }
+            None => return write_all(socket, &mut [IoSlice::new(b"0\r\n\r\n")]).await,
+        }
+    }
+}
+
+async fn write_whole(
+    socket: &TcpStream,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Body,
+) -> io::Result<()> {
+    let body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(io::Error::other)?;
+    let length = format!("content-length: {}", body.len());
+    let head = response_head(status, headers, &length);
+    write_all(socket, &mut [IoSlice::new(&head), IoSlice::new(&body)]).await
+}
+
+/// Status line and headers. The connection closes after this response, and says so.
+fn response_head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let framed_here = |name: &HeaderName| name == CONTENT_LENGTH || name == TRANSFER_ENCODING;
+    for (name, value) in headers.iter().filter(|(name, _)| !framed_here(name)) {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(framing.as_bytes());
+    head.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    head
+}
+
+/// Writes everything, waiting for the socket while the client reads; a socket that stays full
+/// for `WRITE_STALL` fails with `TimedOut`. The common case, room in the socket buffer, costs one
+/// `writev` and no timer.
+async fn write_all(socket: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    let mut deadline = None;
+    IoSlice::advance_slices(&mut bufs, 0); // skips empty slices
+    while !bufs.is_empty() {
+        match socket.try_write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut bufs, written),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + WRITE_STALL);
+                tokio::time::timeout_at(deadline, socket.writable())
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Resolves when the client closes its end (or resets it). Anything it sends meanwhile is
+/// discarded: this connection answers one request.
+async fn closed_by_client(socket: &TcpStream) {
+    let mut discard = [0u8; 64];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut discard) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Serves the connection with hyper, which first reads the bytes this module already read.
+async fn hyper(io: Rewind, router: Router, shutdown: CancellationToken) {
+    let service = TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        tracing::debug!(%error, "connection closed with an error");
+    }
+}
+
+/// A socket whose first reads return bytes already taken from it.
+struct Rewind {
+    read: Vec<u8>,
+    offset: usize,
+    socket: TcpStream,
+}
+
+impl Rewind {
+    fn new(read: Vec<u8>, socket: TcpStream) -> Self {
+        Self {
+            read,
+            offset: 0,
+            socket,
+        }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.offset < this.read.len() {
+            let n = buf.remaining().min(this.read.len() - this.offset);
+            buf.put_slice(&this.read[this.offset..this.offset + n]);
+            this.offset += n;
+            if this.offset == this.read.len() {
+                this.read = Vec::new(); // the connection may live long: free it
+                this.offset = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(read: &[u8]) -> &'static str {
+        match subscribe_request(read) {
+            Parsed::Partial => "partial",
+            Parsed::Stream(_) => "stream",
+            Parsed::Other => "other",
+        }
+    }
+
+    #[test]
+    fn only_plain_subscribe_requests_are_streamed_here() {
+        let get = b"GET /notification/subscribe?token=x HTTP/1.1\r\nHost: a\r\nLast-Event-ID: 1-0\r\n\r\n";
+        assert_eq!(route(get), "stream");
+        assert_eq!(
+            route(b"GET /notification/subscribe/ HTTP/1.1\r\n\r\n"),
+            "stream"
+        );
+        assert_eq!(route(&get[..30]), "partial");
+        assert_eq!(
+            route(b"GET /notification/subscribe HTTP/1.0\r\n\r\n"),
+            "other"
+        );
+        assert_eq!(route(b"POST /notifications HTTP/1.1\r\n\r\n"), "other");
+        assert_eq!(
+            route(b"GET /notification/subscriber HTTP/1.1\r\n\r\n"),
+            "other"
+        );
+        assert_eq!(
+            route(b"HEAD /notification/subscribe HTTP/1.1\r\n\r\n"),
+            "other"
+        );
+        assert_eq!(
+            route(b"GET /notification/subscribe HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+            "other"
+        );
+        assert_eq!(
+            route(b"GET /notification/subscribe HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            "other"
+        );
+        assert_eq!(route(b"\x16\x03\x01 not http"), "other");
+    }
+
+    #[test]
+    fn the_request_keeps_every_header_and_the_query() {
+        let Parsed::Stream(request) = subscribe_request(
+            b"GET /notification/subscribe?lastEventId=5-0 HTTP/1.1\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+        ) else {
+            panic!("not streamed");
+        };
+        assert_eq!(request.uri().query(), Some("lastEventId=5-0"));
+        assert_eq!(request.headers().get_all("cookie").iter().count(), 2);
+    }
+}
