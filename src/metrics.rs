@@ -13,9 +13,13 @@ use prometheus_client::registry::Registry;
 /// One label, `op`: which kind of Redis work failed.
 pub type OpLabel = [(&'static str, &'static str); 1];
 
+/// A handle on the instance's metrics; cloning it is one reference count (every request and
+/// every open stream holds one).
 #[derive(Clone)]
-pub struct Metrics {
-    registry: Arc<Registry>,
+pub struct Metrics(Arc<Handles>);
+
+pub struct Handles {
+    registry: Registry,
     pub open_streams: Gauge,
     pub published: Counter,
     pub delivered: Counter,
@@ -37,8 +41,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sse_notify");
-        let metrics = Self {
-            registry: Arc::default(),
+        let metrics = Handles {
+            registry: Registry::default(),
             open_streams: Gauge::default(),
             published: Counter::default(),
             delivered: Counter::default(),
@@ -148,10 +152,10 @@ impl Metrics {
         ] {
             let _ = metrics.redis_errors.get_or_create(&[("op", op)]);
         }
-        Self {
-            registry: Arc::new(registry),
+        Self(Arc::new(Handles {
+            registry,
             ..metrics
-        }
+        }))
     }
 
     pub fn redis_error(&self, op: &'static str) {
@@ -163,6 +167,14 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
     }
 }
 

@@ -60,15 +60,27 @@ pub fn router(state: AppState) -> Router {
     // The span names the path only: a query string may carry an access token. The request id is
     // the caller's `x-request-id` when it sends one (a gateway's), so logs join up across hops.
     // Failures are logged once, by `ApiError`, not again as a 5xx by the trace layer.
+    // Field values are only computed when the span is enabled.
     router.layer(TraceLayer::new_for_http().on_failure(()).make_span_with(|request: &Request<_>| {
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= 128)
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), %request_id)
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %request_id(request))
     }))
+}
+
+/// The caller's `x-request-id`, or a fresh random one (not secret: no system entropy needed).
+fn request_id<B>(request: &Request<B>) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map_or_else(
+            || {
+                uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+                    .into_uuid()
+                    .to_string()
+            },
+            str::to_owned,
+        )
 }
 
 /// Browsers on `CORS_ORIGINS` may subscribe with credentials (cookie auth), and send the headers

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::AppState;
 use super::auth::Member;
@@ -50,7 +52,7 @@ pub async fn subscribe(
     let session = Session::new(app, member, resume, subscription);
     let body = Body::from_stream(stream::unfold(session, |mut session| async move {
         let chunk = session.next_chunk().await?;
-        session.heartbeat_after_silence();
+        session.wrote();
         Some((Ok::<_, std::convert::Infallible>(chunk), session))
     }));
     let headers = [
@@ -76,8 +78,14 @@ struct Session {
     /// `None` when live delivery was unavailable at subscribe time (Redis unreachable).
     subscription: Option<Subscription>,
     last_sent: StreamId,
+    /// When the token expires; the stream ends then.
     expires_at: Option<Instant>,
-    heartbeat: std::pin::Pin<Box<Sleep>>,
+    /// When the last chunk went out: a heartbeat follows `config.heartbeat` of silence.
+    last_write: Instant,
+    /// One timer for both heartbeat and expiry, re-armed only when it fires (not per chunk).
+    timer: Pin<Box<Sleep>>,
+    /// Registered once, not on every wait: a stream waits thousands of times.
+    draining: Pin<Box<WaitForCancellationFutureOwned>>,
     _open: OpenStream,
 }
 
@@ -94,7 +102,12 @@ impl Session {
                 .unwrap_or(Duration::ZERO);
             Instant::now() + left
         });
-        let heartbeat = Box::pin(tokio::time::sleep(app.config.heartbeat));
+        let now = Instant::now();
+        let timer = Box::pin(tokio::time::sleep_until(wake_at(
+            now + app.config.heartbeat,
+            expires_at,
+        )));
+        let draining = Box::pin(app.shutdown.clone().cancelled_owned());
         let open = OpenStream::new(&app.metrics);
         Self {
             app,
@@ -103,15 +116,15 @@ impl Session {
             subscription,
             last_sent: StreamId::ZERO,
             expires_at,
-            heartbeat,
+            last_write: now,
+            timer,
+            draining,
             _open: open,
         }
     }
 
-    fn heartbeat_after_silence(&mut self) {
-        self.heartbeat
-            .as_mut()
-            .reset(Instant::now() + self.app.config.heartbeat);
+    fn wrote(&mut self) {
+        self.last_write = Instant::now();
     }
 
     /// The next bytes to write, or `None` to end the stream.
@@ -216,22 +229,10 @@ impl Session {
 
     async fn live(&mut self) -> Option<Bytes> {
         let subscription = self.subscription.as_mut()?;
-        let expires_at = self.expires_at;
-        let expiry = async {
-            match expires_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
-                () = self.app.shutdown.cancelled() => return Some(goodbye(self.app.config.retry)),
-                () = &mut expiry => {
-                    tracing::debug!(member_id = %self.member, "token expired; closing the stream");
-                    return None;
-                }
+                () = self.draining.as_mut() => return Some(goodbye(self.app.config.retry)),
                 delivery = subscription.recv() => {
                     // None: dropped by the hub (too slow, or a gap); the client resumes by id.
                     let delivery = delivery?;
@@ -242,13 +243,26 @@ impl Session {
                     self.phase = Phase::Live;
                     return Some(delivery.frame.clone());
                 }
-                () = self.heartbeat.as_mut() => {
-                    self.phase = Phase::Live;
-                    return Some(Bytes::from_static(b": heartbeat\n\n"));
+                () = self.timer.as_mut() => {
+                    let now = Instant::now();
+                    if self.expires_at.is_some_and(|at| at <= now) {
+                        tracing::debug!(member_id = %self.member, "token expired; closing the stream");
+                        return None;
+                    }
+                    let heartbeat_at = self.last_write + self.app.config.heartbeat;
+                    if heartbeat_at <= now {
+                        self.phase = Phase::Live;
+                        return Some(Bytes::from_static(b": heartbeat\n\n"));
+                    }
+                    self.timer.as_mut().reset(wake_at(heartbeat_at, self.expires_at));
                 }
             }
         }
     }
+}
+
+fn wake_at(heartbeat_at: Instant, expires_at: Option<Instant>) -> Instant {
+    expires_at.map_or(heartbeat_at, |at| at.min(heartbeat_at))
 }
 
 /// On shutdown: a randomized `retry:` so native clients come back spread over a few seconds, on

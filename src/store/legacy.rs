@@ -34,7 +34,7 @@ impl Store {
             .arg(pattern)
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.commands.clone())
+            .query_async(&mut self.inner.commands.clone())
             .await?;
         Ok((cursor, keys))
     }
@@ -42,7 +42,7 @@ impl Store {
     /// How many keys the database holds: the denominator of a scan's progress.
     pub async fn key_count(&self) -> Result<u64, StoreError> {
         Ok(redis::cmd("DBSIZE")
-            .query_async(&mut self.commands.clone())
+            .query_async(&mut self.inner.commands.clone())
             .await?)
     }
 
@@ -52,7 +52,7 @@ impl Store {
         for key in keys {
             pipe.cmd("TYPE").arg(key);
         }
-        Ok(pipe.query_async(&mut self.commands.clone()).await?)
+        Ok(pipe.query_async(&mut self.inner.commands.clone()).await?)
     }
 
     /// Every `(member, score)` of each sorted set, in sorted-set order, in one round trip.
@@ -64,7 +64,7 @@ impl Store {
         for key in keys {
             pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES");
         }
-        Ok(pipe.query_async(&mut self.commands.clone()).await?)
+        Ok(pipe.query_async(&mut self.inner.commands.clone()).await?)
     }
 
     /// Merges each member's old entries into its stream (`migrate_zset.lua`), one pipelined round
@@ -81,8 +81,8 @@ impl Store {
                 .arg(2)
                 .arg(keys::stream(member))
                 .arg(keys::epoch(keys::partition_of(member)))
-                .arg(super::retention_ms(self.retention))
-                .arg(self.max_per_member)
+                .arg(super::retention_ms(self.inner.retention))
+                .arg(self.inner.max_per_member)
                 .arg("notification");
             for entry in entries {
                 cmd.arg(entry.id.to_string()).arg(&entry.content);
@@ -115,7 +115,7 @@ impl Store {
         for (key, members) in removals.iter().filter(|(_, m)| !m.is_empty()) {
             pipe.cmd("ZREM").arg(key).arg(members).ignore();
         }
-        let () = pipe.query_async(&mut self.commands.clone()).await?;
+        let () = pipe.query_async(&mut self.inner.commands.clone()).await?;
         Ok(())
     }
 }

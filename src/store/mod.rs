@@ -71,11 +71,16 @@ pub struct ReplayHead {
 /// command connection, where the late ones would time out and be told to retry.
 const CONCURRENT_READS: usize = 64;
 
+/// The only door to Redis; a cheap handle (every request and open stream holds one).
 #[derive(Clone)]
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: Client,
     commands: ConnectionManager,
-    reads: Arc<Semaphore>,
+    reads: Semaphore,
     retention: Duration,
     max_per_member: u64,
 }
@@ -96,21 +101,23 @@ impl Store {
             .set_max_delay(Duration::from_secs(1));
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(Self {
-            client,
-            commands,
-            reads: Arc::new(Semaphore::new(CONCURRENT_READS)),
-            retention,
-            max_per_member,
+            inner: Arc::new(Inner {
+                client,
+                commands,
+                reads: Semaphore::new(CONCURRENT_READS),
+                retention,
+                max_per_member,
+            }),
         })
     }
 
     pub fn retention(&self) -> Duration {
-        self.retention
+        self.inner.retention
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING")
-            .query_async(&mut self.commands.clone())
+            .query_async(&mut self.inner.commands.clone())
             .await?;
         Ok(())
     }
@@ -132,7 +139,11 @@ impl Store {
     ) -> Result<Vec<Appended>, StoreError> {
         let mut pipe = redis::pipe();
         for note in notes {
-            pipe.add_command(publish_command(note, self.retention, self.max_per_member));
+            pipe.add_command(publish_command(
+                note,
+                self.inner.retention,
+                self.inner.max_per_member,
+            ));
         }
         let replies = self.run_scripts(&pipe, &scripts::PUBLISH).await?;
         if replies.len() != notes.len() {
@@ -155,7 +166,7 @@ impl Store {
         pipe: &redis::Pipeline,
         script: &redis::Script,
     ) -> Result<Vec<Value>, StoreError> {
-        let mut commands = self.commands.clone();
+        let mut commands = self.inner.commands.clone();
         match pipe.query_async(&mut commands).await {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -176,6 +187,7 @@ impl Store {
         count: usize,
     ) -> Result<ReplayHead, StoreError> {
         let _turn = self
+            .inner
             .reads
             .acquire()
             .await
@@ -190,7 +202,7 @@ impl Store {
             .arg("+")
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.commands.clone())
+            .query_async(&mut self.inner.commands.clone())
             .await?;
         Ok(ReplayHead {
             epoch_ms: epoch,
@@ -207,6 +219,7 @@ impl Store {
         count: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let _turn = self
+            .inner
             .reads
             .acquire()
             .await
@@ -217,7 +230,7 @@ impl Store {
             .arg("+")
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.commands.clone())
+            .query_async(&mut self.inner.commands.clone())
             .await?;
         member_entries(reply)
     }
@@ -229,6 +242,7 @@ impl Store {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
         let conn = self
+            .inner
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
