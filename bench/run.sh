@@ -3,6 +3,7 @@
 # each on a free loopback port, then stops both.
 #   bench/run.sh idle --streams 10000
 #   bench/run.sh fanout --subscribers 1000 --rate 1000 --duration 20
+#   bench/run.sh publish --publishers 32 --duration 10   (then redis-benchmark's ceilings)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -42,3 +43,27 @@ until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.05; done
 
 ./target/release/sse-bench "$@" "${kafka_args[@]}" --addr "127.0.0.1:$port" --server-pid "$server_pid" \
   --redis-port "$redis_port" --redis-pid "$redis_pid"
+
+# After HTTP publishing: the same Redis's ceiling, from redis-benchmark with as many clients as
+# publishers, over 1,000 streams. First a bare XADD, then publish.lua alone (what one HTTP publish
+# asks of Redis), so the report can say where the time goes.
+if [ "${1:-}" = publish ]; then
+  clients=32
+  for ((i = 2; i <= $#; i++)); do
+    if [ "${!i}" = --publishers ]; then j=$((i + 1)); clients="${!j}"; fi
+  done
+  content='{"n":1,"text":"a notification of typical size"}'
+  ceiling() { # scenario, command...
+    local name="$1"; shift
+    redis-benchmark -h 127.0.0.1 -p "$redis_port" -c "$clients" -n 400000 -r 1000 --csv "$@" |
+      python3 -c 'import json, sys
+# The last CSV line; the command in its first field may hold unescaped quotes, so count from the end:
+# rps, avg, min, p50, p95, p99, max.
+row = sys.stdin.read().strip().splitlines()[-1].strip("\"").split("\",\"")[-7:]
+print("RESULT " + json.dumps({"scenario": sys.argv[1], "target": "redis-benchmark", "clients": int(sys.argv[2]), "requests_per_sec": round(float(row[0])), "latency_ms_p50": float(row[3]), "latency_ms_p99": float(row[5])}))' "$name" "$clients"
+  }
+  ceiling xadd-ceiling XADD 'bench:s:__rand_int__' '*' t bench c "$content"
+  sha="$(redis-cli -p "$redis_port" SCRIPT LOAD "$(cat migrations-lua/publish.lua)")"
+  ceiling lua-ceiling EVALSHA "$sha" 3 'n:{b}:s:__rand_int__' 'n:{b}:live' 'n:{b}:epoch' \
+    86400000 10000 10000 0 bench "$content" 'member-__rand_int__'
+fi

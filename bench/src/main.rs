@@ -81,12 +81,22 @@ enum Scenario {
         publishers: usize,
     },
     /// Replay storm: every member missed `missed` notifications; all reconnect at once with their
-    /// Last-Event-ID. Time until every client has caught up, exactly (sse-notify only for now).
+    /// Last-Event-ID. Time until every client has caught up, exactly.
     Replay {
         #[arg(long, default_value_t = 10_000)]
         members: usize,
         #[arg(long, default_value_t = 100)]
         missed: usize,
+    },
+    /// HTTP publishes as fast as `publishers` keep-alive connections go, nobody subscribed:
+    /// publishes/s and publish latency (compare with `redis-benchmark`'s XADD ceiling).
+    Publish {
+        #[arg(long, default_value_t = 32)]
+        publishers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        members: usize,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
     },
     /// Produce records into Kafka and time them into Redis (sse-notify consuming `--topic`).
     Kafka {
@@ -153,6 +163,14 @@ impl Target {
         headers
     }
 
+    /// Our notifications are `event: notification`; Nchan's are unnamed messages.
+    fn is_notification(&self, event: &sse::Event) -> bool {
+        match self.target {
+            Kind::SseNotify => event.event.as_deref() == Some("notification"),
+            Kind::Nchan => event.event.is_none() && !event.data.is_empty(),
+        }
+    }
+
     /// Whether an open stream has been accepted: our `connected` event, or Nchan's 200 head.
     fn needs_connected_event(&self) -> bool {
         self.target == Kind::SseNotify
@@ -217,6 +235,11 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 publishers,
             } => fanout(&cli.target, subscribers, rate, duration, publishers).await,
+            Scenario::Publish {
+                publishers,
+                members,
+                duration,
+            } => publish(&cli.target, publishers, members, duration).await,
             Scenario::Replay { members, missed } => replay(&cli.target, members, missed).await,
             Scenario::Kafka {
                 brokers,
@@ -349,6 +372,18 @@ async fn idle(
     }))
 }
 
+/// The payload a fan-out publisher sends: a per-member sequence number and a send time (µs).
+#[derive(serde::Deserialize)]
+struct Sample {
+    content: SampleContent,
+}
+
+#[derive(serde::Deserialize)]
+struct SampleContent {
+    seq: u64,
+    t: u64,
+}
+
 /// What one subscriber saw.
 #[derive(Default)]
 struct Seen {
@@ -368,7 +403,6 @@ async fn fanout(
 ) -> anyhow::Result<Value> {
     let run = format!("fan{}", now_micros() % 1_000_000);
     let members: Vec<String> = (0..subscribers).map(|i| format!("{run}-{i}")).collect();
-    let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::with_capacity(subscribers);
     let gate = Arc::new(Semaphore::new(200));
     let mut opening = Vec::with_capacity(subscribers);
@@ -383,26 +417,20 @@ async fn fanout(
     for task in opening {
         streams.push(task.await?.context("a subscriber could not connect")?);
     }
+    // Each reader records into its own (uncontended) Seen and is aborted at the end: no timer per
+    // read, so the instrument spends its CPU on reading, not on bookkeeping.
     for mut stream in streams {
-        let stop = stop.clone();
-        readers.push(tokio::spawn(async move {
-            let mut seen = Seen::default();
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(Ok(Some(events))) =
-                    tokio::time::timeout(Duration::from_millis(200), stream.next_events()).await
-                else {
-                    continue;
-                };
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(events)) = stream.next_events().await {
                 let now = now_micros();
+                let mut seen = record.lock().expect("reader state");
                 for event in events {
-                    let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                    let Ok(Sample { content }) = serde_json::from_str::<Sample>(&event.data) else {
                         continue;
                     };
-                    let content = &data["content"];
-                    let (Some(seq), Some(sent)) = (content["seq"].as_u64(), content["t"].as_u64())
-                    else {
-                        continue;
-                    };
+                    let (seq, sent) = (content.seq, content.t);
                     seen.delivered += 1;
                     seen.latencies_us.push(now.saturating_sub(sent));
                     if seq <= seen.last_seq {
@@ -413,8 +441,8 @@ async fn fanout(
                     }
                 }
             }
-            seen
-        }));
+        });
+        readers.push((task, seen));
     }
 
     let cpu = |pid: Option<u32>| pid.and_then(|p| probe::cpu_seconds(p).ok());
@@ -479,11 +507,11 @@ async fn fanout(
         cpu(target.redis_pid),
         cpu(Some(std::process::id())),
     );
-    stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     let (mut delivered, mut duplicates, mut gaps) = (0, 0, 0);
-    for reader in readers {
-        let seen = reader.await?;
+    for (task, seen) in readers {
+        task.abort();
+        let seen = std::mem::take(&mut *seen.lock().expect("reader state"));
         latencies.extend(seen.latencies_us);
         delivered += seen.delivered;
         duplicates += seen.duplicates;
@@ -511,6 +539,72 @@ async fn fanout(
         "latency_ms_p50": percentile(&latencies, 0.5) as f64 / 1000.0,
         "latency_ms_p99": percentile(&latencies, 0.99) as f64 / 1000.0,
         "latency_ms_max": percentile(&latencies, 1.0) as f64 / 1000.0,
+        "cpu_pct_server": cpu_pct(server_cpu0, server_cpu1),
+        "cpu_pct_redis": cpu_pct(redis_cpu0, redis_cpu1),
+        "cpu_pct_loadgen": cpu_pct(self_cpu0, self_cpu1),
+    }))
+}
+
+async fn publish(
+    target: &Target,
+    publishers: usize,
+    members: usize,
+    duration: u64,
+) -> anyhow::Result<Value> {
+    let run = format!("pub{}", now_micros() % 1_000_000);
+    let cpu = |pid: Option<u32>| pid.and_then(|p| probe::cpu_seconds(p).ok());
+    let (server_cpu0, redis_cpu0, self_cpu0) = (
+        cpu(target.server_pid),
+        cpu(target.redis_pid),
+        cpu(Some(std::process::id())),
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(duration);
+    let mut sending = Vec::new();
+    for k in 0..publishers {
+        let (target, run) = (target.clone(), run.clone());
+        sending.push(tokio::spawn(async move {
+            let mut publisher = Publisher::new(target.addr);
+            let headers = target.publish_headers();
+            let (mut latencies, mut errors) = (Vec::new(), 0u64);
+            let mut n = k;
+            while Instant::now() < deadline {
+                let member = format!("{run}-{}", n % members);
+                n += publishers;
+                let body = json!({"member_id": member, "type": "bench", "content": {"n": n, "text": "a notification of typical size"}});
+                let t0 = Instant::now();
+                match publisher.post(&target.publish_path(&member), &headers, body.to_string().as_bytes()).await {
+                    Ok(200..=299) => latencies.push(t0.elapsed().as_micros() as u64),
+                    Ok(_) | Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in sending {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (server_cpu1, redis_cpu1, self_cpu1) = (
+        cpu(target.server_pid),
+        cpu(target.redis_pid),
+        cpu(Some(std::process::id())),
+    );
+    let cpu_pct =
+        |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| ((b - a) / secs * 100.0).round());
+    latencies.sort_unstable();
+    Ok(json!({
+        "scenario": "publish",
+        "target": target.name(),
+        "publishers": publishers,
+        "published": latencies.len(),
+        "publish_errors": errors,
+        "publishes_per_sec": (latencies.len() as f64 / secs).round(),
+        "latency_ms_p50": percentile(&latencies, 0.5) as f64 / 1000.0,
+        "latency_ms_p99": percentile(&latencies, 0.99) as f64 / 1000.0,
         "cpu_pct_server": cpu_pct(server_cpu0, server_cpu1),
         "cpu_pct_redis": cpu_pct(redis_cpu0, redis_cpu1),
         "cpu_pct_loadgen": cpu_pct(self_cpu0, self_cpu1),
@@ -615,24 +709,18 @@ async fn kafka(
 /// member in `member_ids` batches, then reconnects every member at once and waits until each has
 /// received exactly its `missed` notifications, in order.
 async fn replay(target: &Target, members: usize, missed: usize) -> anyhow::Result<Value> {
-    anyhow::ensure!(
-        target.target == Kind::SseNotify,
-        "the replay storm drives sse-notify only for now"
-    );
     let run = format!("rep{}", now_micros() % 1_000_000);
     let names: Vec<String> = (0..members).map(|i| format!("{run}-{i}")).collect();
-    let headers = target.publish_headers();
-    let mut publisher = Publisher::new(target.addr);
-    let mut anchors = Vec::with_capacity(members);
-    for batch in names.chunks(1_000) {
-        anchors
-            .extend(publish_batch(&mut publisher, &headers, batch, json!({"anchor": true})).await?);
-    }
-    for seq in 1..=missed {
-        for batch in names.chunks(1_000) {
-            publish_batch(&mut publisher, &headers, batch, json!({"seq": seq})).await?;
-        }
-    }
+    let prepared = Instant::now();
+    let anchors = match target.target {
+        Kind::SseNotify => prepare_replay_batched(target, &names, missed).await?,
+        Kind::Nchan => prepare_replay_per_channel(target, &names, missed).await?,
+    };
+    eprintln!(
+        "published {} notifications in {:.1} s; reconnecting {members} clients",
+        members * (missed + 1),
+        prepared.elapsed().as_secs_f64()
+    );
 
     let cpu = |pid: Option<u32>| pid.and_then(|p| probe::cpu_seconds(p).ok());
     let (server_cpu0, redis_cpu0) = (cpu(target.server_pid), cpu(target.redis_pid));
@@ -654,7 +742,7 @@ async fn replay(target: &Target, members: usize, missed: usize) -> anyhow::Resul
                     .context("closed before catching up")?;
                 for event in events
                     .iter()
-                    .filter(|e| e.event.as_deref() == Some("notification"))
+                    .filter(|e| target.is_notification(e))
                 {
                     let data: Value = serde_json::from_str(&event.data)?;
                     anyhow::ensure!(
@@ -693,6 +781,89 @@ async fn replay(target: &Target, members: usize, missed: usize) -> anyhow::Resul
         "server_cpu_seconds": cpu(target.server_pid).zip(server_cpu0).map(|(b, a)| ((b - a) * 100.0).round() / 100.0),
         "redis_cpu_seconds": cpu(target.redis_pid).zip(redis_cpu0).map(|(b, a)| ((b - a) * 100.0).round() / 100.0),
     }))
+}
+
+/// sse-notify: an anchor notification per member, then `missed` more, 1,000 members per publish
+/// (`member_ids`). Returns each member's anchor id.
+async fn prepare_replay_batched(
+    target: &Target,
+    names: &[String],
+    missed: usize,
+) -> anyhow::Result<Vec<String>> {
+    let headers = target.publish_headers();
+    let mut publisher = Publisher::new(target.addr);
+    let mut anchors = Vec::with_capacity(names.len());
+    for batch in names.chunks(1_000) {
+        anchors
+            .extend(publish_batch(&mut publisher, &headers, batch, json!({"anchor": true})).await?);
+    }
+    for seq in 1..=missed {
+        for batch in names.chunks(1_000) {
+            publish_batch(&mut publisher, &headers, batch, json!({"seq": seq})).await?;
+        }
+    }
+    Ok(anchors)
+}
+
+/// Nchan publishes to one channel per request: the same notifications from 32 keep-alive
+/// publishers, each owning a slice of the channels (so each channel's order holds). The anchor id
+/// comes from Nchan's publish answer (`last message id: ...`).
+async fn prepare_replay_per_channel(
+    target: &Target,
+    names: &[String],
+    missed: usize,
+) -> anyhow::Result<Vec<String>> {
+    const PUBLISHERS: usize = 32;
+    let mut tasks = Vec::new();
+    for k in 0..PUBLISHERS {
+        let owned: Vec<(usize, String)> = names
+            .iter()
+            .cloned()
+            .enumerate()
+            .skip(k)
+            .step_by(PUBLISHERS)
+            .collect();
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let headers = target.publish_headers();
+            let mut publisher = Publisher::new(target.addr);
+            let mut anchors = Vec::with_capacity(owned.len());
+            for seq in 0..=missed {
+                for (i, member) in &owned {
+                    let content = if seq == 0 {
+                        json!({"anchor": true})
+                    } else {
+                        json!({"seq": seq})
+                    };
+                    let body = json!({"member_id": member, "type": "bench", "content": content});
+                    let (status, answer) = publisher
+                        .post_for_body(
+                            &target.publish_path(member),
+                            &headers,
+                            body.to_string().as_bytes(),
+                        )
+                        .await?;
+                    anyhow::ensure!((200..300).contains(&status), "publish answered {status}");
+                    if seq == 0 {
+                        let answer = String::from_utf8_lossy(&answer);
+                        let id = answer
+                            .lines()
+                            .find_map(|l| l.trim().strip_prefix("last message id: "))
+                            .context("no message id in Nchan's publish answer")?;
+                        anchors.push((*i, id.to_owned()));
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(anchors)
+        }));
+    }
+    let mut anchors = vec![String::new(); names.len()];
+    for task in tasks {
+        for (i, id) in task.await?? {
+            anchors[i] = id;
+        }
+    }
+    Ok(anchors)
 }
 
 /// One publish to many members (`member_ids`); the ids it created, in member order.
