@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# sse-notify and Nchan (nginx + libnginx-mod-nchan, Redis storage), same machine, same Redis build,
-# same load generator, in alternation; prints every RESULT line and a table of medians and ratios.
-#   bench/compare.sh [RUNS]        (default 3)
-# Scenarios: idle 10,000 streams; fan-out at maximal rate (10 s); fan-out at 2,000/s (10 s).
+# sse-notify and Nchan (nginx + libnginx-mod-nchan, Redis storage) on the same machine, same Redis
+# build, same load generator, every scenario in alternation; then writes the medians, ratios and
+# targets into BENCHMARKS.md (between its `compare.sh` markers) and the raw RESULT lines into
+# bench/results/compare.jsonl.
+#   bench/compare.sh [RUNS]        (default 3; takes ~7 min per run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -11,7 +12,14 @@ ensure_apt redis-server redis-tools curl nginx libnginx-mod-nchan python3
 runs="${1:-3}"
 cargo build --release --quiet -p sse-notify -p sse-bench
 results="$(mktemp)"
-scenarios=("idle --streams 10000" "fanout --subscribers 1000 --duration 10" "fanout --subscribers 1000 --rate 2000 --duration 10")
+scenarios=(
+  "idle --streams 10000"
+  "idle --streams 18000"
+  "fanout --subscribers 1000 --publishers 32 --duration 20"
+  "fanout --subscribers 1000 --rate 2000 --duration 20"
+  "publish --publishers 32 --duration 10"
+  "replay --members 10000 --missed 100"
+)
 
 # One Nchan (1 worker, Redis store) on its own Redis; the run's RESULT line is appended to $results.
 run_nchan() {
@@ -26,7 +34,7 @@ run_nchan() {
   mkdir -p "$work/nginx/conf" "$work/nginx/logs"
   sed "s/@PORT@/$port/" bench/nchan.conf >"$work/nginx/conf/nginx.conf"
   printf 'nchan_use_redis on;\nnchan_redis_url "redis://127.0.0.1:%s";\n' "$redis_port" >"$work/nginx/conf/storage.conf"
-  nginx -p "$work/nginx/" -c conf/nginx.conf -g 'worker_processes 1;' &
+  nginx -p "$work/nginx/" -c conf/nginx.conf -g 'worker_processes 1;' 2>/dev/null &
   master=$!
   until curl -s -o /dev/null "http://127.0.0.1:$port/nchan_status"; do sleep 0.05; done
   worker="$(pgrep -P "$master" | head -1)"
@@ -37,9 +45,10 @@ run_nchan() {
   rm -rf "$work"
 }
 
+started="$(date -u '+%Y-%m-%d %H:%M UTC')"
 for run in $(seq 1 "$runs"); do
   for scenario in "${scenarios[@]}"; do
-    echo "== run $run: $scenario" >&2
+    echo "== run $run/$runs: $scenario" >&2
     # shellcheck disable=SC2086  # the scenario is a word list on purpose
     bench/run.sh $scenario | grep '^RESULT' | tee -a "$results"
     # shellcheck disable=SC2086
@@ -47,30 +56,10 @@ for run in $(seq 1 "$runs"); do
   done
 done
 
-python3 - "$results" <<'PY'
-import json, statistics, sys
-rows = [json.loads(line.split(" ", 1)[1]) for line in open(sys.argv[1]) if line.startswith("RESULT ")]
-def median(scenario, target, field):
-    values = [r[field] for r in rows if r["scenario"] == scenario and r["target"] == target and r.get(field) is not None]
-    return statistics.median(values) if values else None
-table = [
-    ("idle", "pss_bytes_per_stream", "idle memory per stream (PSS, bytes), 10k streams", "lower"),
-    ("idle", "redis_connections", "Redis connections held, 10k streams", "lower"),
-    ("idle", "connect_ms_p99", "connect p99 (ms), 10k streams", "lower"),
-    ("fanout-max", "delivered_per_sec", "max-rate fan-out, delivered/s", "higher"),
-    ("fanout-max", "latency_ms_p99", "max-rate fan-out, p99 (ms)", "lower"),
-    ("fanout-max", "lost", "max-rate fan-out, lost", "lower"),
-    ("fanout-max", "duplicates", "max-rate fan-out, duplicates", "lower"),
-    ("fanout-fixed", "latency_ms_p50", "2,000/s fan-out, p50 (ms)", "lower"),
-    ("fanout-fixed", "latency_ms_p99", "2,000/s fan-out, p99 (ms)", "lower"),
-    ("fanout-max", "cpu_pct_server", "max-rate: server CPU (% of a core)", "lower"),
-    ("fanout-max", "cpu_pct_redis", "max-rate: Redis CPU (% of a core)", "lower"),
-    ("fanout-max", "cpu_pct_loadgen", "max-rate: load generator CPU (% of a core)", "-"),
-]
-print("| metric (median of runs) | sse-notify | Nchan (Redis) | ours / Nchan |")
-print("|---|---|---|---|")
-for scenario, field, label, better in table:
-    ours, theirs = median(scenario, "sse-notify", field), median(scenario, "nchan", field)
-    ratio = f"{ours / theirs:.2f}" if ours is not None and theirs else "–"
-    print(f"| {label} | {ours} | {theirs} | {ratio} |")
-PY
+mkdir -p bench/results
+sed 's/^RESULT //' "$results" >bench/results/compare.jsonl
+export BENCH_STARTED="$started" BENCH_RUNS="$runs"
+export BENCH_MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r)"
+export BENCH_VERSIONS="sse-notify $(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes'), $(rustc --version | cut -d' ' -f1-2), $(redis-server --version | grep -o 'v=[^ ]*' | sed 's/v=/Redis /'), $(nginx -v 2>&1 | sed 's|.*nginx/|nginx |'), libnginx-mod-nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan)"
+python3 bench/report.py bench/results/compare.jsonl BENCHMARKS.md
+echo "BENCHMARKS.md updated (section between the compare.sh markers)" >&2

@@ -359,6 +359,7 @@ async fn idle(
     Ok(json!({
         "scenario": "idle",
         "target": target.name(),
+        "streams_asked": streams,
         "streams_open": open,
         "failures": failures.load(Ordering::Relaxed),
         "seconds_to_open_all": (all_open.as_secs_f64() * 100.0).round() / 100.0,
