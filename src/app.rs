@@ -27,19 +27,34 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let store = Store::new(&config.redis_url, config.retention, config.max_per_member)
-        .context("invalid REDIS_URL")?;
+    let store = Store::new(
+        &config.redis,
+        config.retention,
+        config.max_per_member,
+        config.publish_wait,
+    )
+    .context("invalid REDIS_URL")?;
     let hub = Hub::new(metrics.clone());
 
     let tasks = TaskTracker::new();
     // A standalone Redis serves every partition: one reader, one blocking XREAD over all of them.
-    tasks.spawn(live::run_reader(
-        store.clone(),
-        hub.clone(),
-        metrics.clone(),
-        (0..PARTITIONS).collect(),
-        shutdown.clone(),
-    ));
+    // A cluster refuses an XREAD across slots: one reader (one connection) per partition, each to
+    // the master that serves it.
+    let reader_partitions: Vec<Vec<usize>> = if store.is_cluster() {
+        (0..PARTITIONS).map(|p| vec![p]).collect()
+    } else {
+        vec![(0..PARTITIONS).collect()]
+    };
+    tracing::info!(redis = %config.redis, readers = reader_partitions.len(), "notification store");
+    for partitions in reader_partitions {
+        tasks.spawn(live::run_reader(
+            store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            partitions,
+            shutdown.clone(),
+        ));
+    }
 
     if let Some(kafka) = config.kafka.clone() {
         tasks.spawn(ingest::kafka::run(

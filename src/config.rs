@@ -17,9 +17,19 @@ pub struct Args {
     /// HTTP listen address.
     #[arg(long, env, default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
-    /// Redis URL (standalone).
+    /// Redis URL: `redis://host:port` (standalone) or `redis+cluster://host:port,host:port`.
     #[arg(long, env, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Redis Cluster seed nodes, `host:port` comma-separated; when set, overrides REDIS_URL.
+    #[arg(long, env, value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
+    /// A publish is acknowledged only once this many replicas hold it (Redis `WAIT`); 0 = as soon
+    /// as the master does.
+    #[arg(long, env, default_value_t = 0)]
+    pub publish_wait_replicas: u32,
+    /// How long a publish waits for those replicas before it fails with 503, in milliseconds.
+    #[arg(long, env, default_value_t = 1_000)]
+    pub publish_wait_timeout_ms: u64,
     /// How long notifications stay replayable, in seconds.
     #[arg(long, env, default_value_t = 86_400)]
     pub retention_secs: u64,
@@ -111,6 +121,97 @@ pub enum Auth {
     Gateway,
 }
 
+/// Where notifications are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis server, by URL.
+    Standalone(String),
+    /// Redis Cluster seed nodes, each a `redis://` URL; the rest of the cluster is discovered.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// `REDIS_CLUSTER_NODES` when set, else `REDIS_URL`, whose `redis+cluster://` (or
+    /// `rediss+cluster://`) form lists seed nodes: `redis+cluster://[user:pass@]h1:p1,h2:p2`.
+    pub fn new(url: &str, cluster_nodes: &[String]) -> Result<Self, ConfigError> {
+        let cluster_nodes: Vec<&str> = cluster_nodes
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if !cluster_nodes.is_empty() {
+            return cluster_nodes
+                .into_iter()
+                .map(|node| {
+                    let url = if node.contains("://") {
+                        node.to_owned()
+                    } else {
+                        format!("redis://{node}")
+                    };
+                    valid_node(url, node)
+                })
+                .collect::<Result<_, _>>()
+                .map(Self::Cluster);
+        }
+        let cluster = ["redis+cluster://", "rediss+cluster://"]
+            .iter()
+            .find_map(|prefix| url.strip_prefix(prefix).map(|rest| (prefix, rest)));
+        match cluster {
+            None if redis::parse_redis_url(url).is_some() => Ok(Self::Standalone(url.to_owned())),
+            None => Err(ConfigError::RedisUrl(url.to_owned())),
+            Some((prefix, rest)) => {
+                let scheme = prefix.trim_end_matches("+cluster://");
+                let (credentials, hosts) = match rest.rsplit_once('@') {
+                    Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+                    None => (String::new(), rest),
+                };
+                let hosts = hosts.trim_end_matches('/');
+                if hosts.is_empty() {
+                    return Err(ConfigError::RedisUrl(url.to_owned()));
+                }
+                hosts
+                    .split(',')
+                    .map(|host| valid_node(format!("{scheme}://{credentials}{host}"), host))
+                    .collect::<Result<_, _>>()
+                    .map(Self::Cluster)
+            }
+        }
+    }
+}
+
+fn valid_node(url: String, given: &str) -> Result<String, ConfigError> {
+    match redis::parse_redis_url(&url) {
+        Some(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
+        _ => Err(ConfigError::ClusterNode(given.to_owned())),
+    }
+}
+
+impl fmt::Display for RedisTarget {
+    /// Hosts only: URLs may carry a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = |url: &str| {
+            redis::parse_redis_url(url).map_or_else(
+                || "?".to_owned(),
+                |u| format!("{}:{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(6379)),
+            )
+        };
+        match self {
+            Self::Standalone(url) => f.write_str(&host(url)),
+            Self::Cluster(nodes) => {
+                let hosts: Vec<String> = nodes.iter().map(|n| host(n)).collect();
+                write!(f, "cluster {}", hosts.join(","))
+            }
+        }
+    }
+}
+
+/// Opt-in durability: a publish is acknowledged once `replicas` replicas hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishWait {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
 /// Kafka ingestion settings (API.md, Kafka ingestion); absent when `KAFKA_BROKERS` is unset.
 #[derive(Debug, Clone)]
 pub struct Kafka {
@@ -125,7 +226,8 @@ pub struct Kafka {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
-    pub redis_url: String,
+    pub redis: RedisTarget,
+    pub publish_wait: Option<PublishWait>,
     pub retention: Duration,
     pub max_per_member: u64,
     pub heartbeat: Duration,
@@ -146,8 +248,10 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("CORS_ORIGINS entry {0:?} is not a valid origin (e.g. https://app.example.com)")]
     CorsOrigin(String),
-    #[error("REDIS_URL {0:?} is not a redis:// or rediss:// URL")]
+    #[error("REDIS_URL {0:?} is not a redis://, rediss:// or redis+cluster:// URL")]
     RedisUrl(String),
+    #[error("Redis Cluster node {0:?} is not host:port or a redis:// URL")]
+    ClusterNode(String),
     #[error("KAFKA_TOPICS must name at least one topic")]
     NoKafkaTopics,
     #[error("KAFKA_OPTIONS entry {0:?} is not key=value")]
@@ -178,9 +282,11 @@ impl TryFrom<Args> for Config {
                 return Err(ConfigError::Zero(name));
             }
         }
-        if redis::parse_redis_url(&args.redis_url).is_none() {
-            return Err(ConfigError::RedisUrl(args.redis_url));
-        }
+        let redis = RedisTarget::new(&args.redis_url, &args.redis_cluster_nodes)?;
+        let publish_wait = (args.publish_wait_replicas > 0).then(|| PublishWait {
+            replicas: args.publish_wait_replicas,
+            timeout: Duration::from_millis(args.publish_wait_timeout_ms.max(1)),
+        });
         let cors_origins = args
             .cors_origins
             .iter()
@@ -207,7 +313,8 @@ impl TryFrom<Args> for Config {
         };
         Ok(Self {
             listen_addr: args.listen_addr,
-            redis_url: args.redis_url,
+            redis,
+            publish_wait,
             retention: Duration::from_secs(args.retention_secs),
             max_per_member: args.max_per_member,
             heartbeat: Duration::from_secs(args.heartbeat_secs),
@@ -290,6 +397,49 @@ mod tests {
         assert!(parse(&["--auth-mode", "gateway", "--cors-origins", "a.test"]).is_err());
         assert!(parse(&["--auth-mode", "gateway", "--retention-secs", "0"]).is_err());
         assert!(parse(&["--auth-mode", "gateway", "--redis-url", "localhost:6379"]).is_err());
+    }
+
+    #[test]
+    fn redis_cluster_comes_from_a_cluster_url_or_the_node_list() {
+        let target = |url: &str, nodes: &[&str]| {
+            let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+            RedisTarget::new(url, &nodes)
+        };
+        assert_eq!(
+            target("redis://r:6379", &[]).unwrap(),
+            RedisTarget::Standalone("redis://r:6379".into())
+        );
+        assert_eq!(
+            target("redis+cluster://:pw@a:7000,b:7001/", &[]).unwrap(),
+            RedisTarget::Cluster(vec!["redis://:pw@a:7000".into(), "redis://:pw@b:7001".into()])
+        );
+        assert_eq!(
+            target("redis://ignored:1", &["a:7000", " redis://b:7001 ", ""]).unwrap(),
+            RedisTarget::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+        );
+        assert!(target("redis+cluster://", &[]).is_err());
+        assert!(target("redis+cluster://a:7000,,b:1", &[]).is_err());
+        assert!(target("redis://r", &["a:notaport"]).is_err());
+        let shown = target("redis+cluster://:secret@a:7000,b:7001", &[]).unwrap().to_string();
+        assert_eq!(shown, "cluster a:7000,b:7001");
+
+        let config = parse(&[
+            "--auth-mode",
+            "gateway",
+            "--publish-wait-replicas",
+            "1",
+            "--publish-wait-timeout-ms",
+            "250",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.publish_wait,
+            Some(PublishWait {
+                replicas: 1,
+                timeout: Duration::from_millis(250)
+            })
+        );
+        assert_eq!(parse(&["--auth-mode", "gateway"]).unwrap().publish_wait, None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser as _;
 use sse_notify::app;
-use sse_notify::config::{Args, Command, Config, MigrateArgs};
+use sse_notify::config::{Args, Command, Config, MigrateArgs, RedisTarget};
 use sse_notify::migrate::{self, Options, Report};
 use sse_notify::store::Store;
 use tokio::net::TcpListener;
@@ -102,12 +102,13 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 /// Runs the migration, with progress on stderr (a line every 2 s) and a summary on stdout.
 async fn migrate_zset(args: Args, migrate_args: MigrateArgs) -> anyhow::Result<()> {
     let retention = Duration::from_secs(args.retention_secs.max(1));
-    let store = Store::new(&args.redis_url, retention, args.max_per_member.max(1))
+    let target = RedisTarget::new(&args.redis_url, &args.redis_cluster_nodes)?;
+    let store = Store::new(&target, retention, args.max_per_member.max(1), None)
         .context("invalid REDIS_URL")?;
     store
         .ping()
         .await
-        .with_context(|| format!("cannot reach redis at {}", args.redis_url))?;
+        .with_context(|| format!("cannot reach redis at {target}"))?;
     let options = Options {
         dry_run: migrate_args.dry_run,
         pattern: migrate_args.pattern,

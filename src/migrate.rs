@@ -80,18 +80,14 @@ pub async fn run(
 ) -> Result<Report, StoreError> {
     let started = Instant::now();
     let mut report = Report::default();
-    let mut cursor = 0;
-    loop {
-        let (next, keys) = store.scan(cursor, &options.pattern, options.batch).await?;
+    let mut scan = store.scan().await?;
+    while let Some(keys) = scan.next(&options.pattern, options.batch).await? {
         report.keys_scanned += keys.iter().filter(|k| !k.starts_with("n:{")).count() as u64;
         migrate_batch(store, options, keys, &mut report).await?;
         report.elapsed = started.elapsed();
         progress(&report);
-        if next == 0 {
-            return Ok(report);
-        }
-        cursor = next;
     }
+    Ok(report)
 }
 
 async fn migrate_batch(

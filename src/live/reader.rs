@@ -61,12 +61,26 @@ async fn follow(
     positions: &mut Option<BTreeMap<usize, StreamId>>,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
-    let mut feed = store.feed(BLOCK).await?;
+    let first = partitions.first().copied().unwrap_or_default();
+    let mut feed = store.feed(first, BLOCK).await?;
     for &partition in partitions {
         feed.confirm_epoch(partition).await?;
     }
     let positions = match positions {
-        Some(positions) => positions,
+        Some(positions) => {
+            // A fan-out stream that ends before our position lost entries (a failover to a
+            // replica that lagged, a restart): its subscribers resume from their member streams,
+            // and reading goes on from what the stream holds now.
+            for (&partition, position) in positions.iter_mut() {
+                let tail = feed.tail(partition).await?;
+                if tail < *position {
+                    tracing::warn!(partition, %position, %tail, "fan-out stream lost entries; subscribers resume by id");
+                    hub.reset(partition);
+                    *position = tail;
+                }
+            }
+            positions
+        }
         None => {
             let mut tails = BTreeMap::new();
             for &partition in partitions {

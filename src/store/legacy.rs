@@ -1,7 +1,9 @@
 //! The old service's layout, read for `migrate-zset`: one sorted set per member, key = the member id
 //! as a decimal number, member = `{"content":...,"time":<ms>}`, score = time.
 
+use futures_util::future::try_join_all;
 use redis::Value;
+use redis::aio::MultiplexedConnection;
 
 use super::{Store, StoreError, keys, scripts};
 use crate::model::{MemberId, StreamId};
@@ -20,51 +22,109 @@ pub struct Merged {
     pub already_there: u64,
 }
 
-impl Store {
-    /// One `SCAN` step: the next cursor (0 when done) and the keys matching `pattern`.
-    pub async fn scan(
-        &self,
-        cursor: u64,
+/// A `SCAN` over every server holding keys (each master of a cluster in turn).
+pub struct Scan {
+    servers: Vec<MultiplexedConnection>,
+    server: usize,
+    cursor: u64,
+}
+
+impl Scan {
+    /// The next keys matching `pattern`, about `count` per step; `None` once every server is done.
+    pub async fn next(
+        &mut self,
         pattern: &str,
         count: usize,
-    ) -> Result<(u64, Vec<String>), StoreError> {
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let Some(server) = self.servers.get_mut(self.server) else {
+            return Ok(None);
+        };
         let (cursor, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
+            .arg(self.cursor)
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.inner.commands.clone())
+            .query_async(server)
             .await?;
-        Ok((cursor, keys))
+        self.cursor = cursor;
+        if cursor == 0 {
+            self.server += 1;
+        }
+        Ok(Some(keys))
+    }
+}
+
+impl Store {
+    /// Starts a `SCAN` of every master (a cluster's are scanned one after the other).
+    pub async fn scan(&self) -> Result<Scan, StoreError> {
+        let mut servers = Vec::new();
+        for master in self.inner.redis.masters().await? {
+            servers.push(
+                redis::Client::open(master)?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            );
+        }
+        Ok(Scan {
+            servers,
+            server: 0,
+            cursor: 0,
+        })
     }
 
-    /// How many keys the database holds: the denominator of a scan's progress.
+    /// How many keys the database holds (summed over a cluster's masters): the denominator of a
+    /// scan's progress.
     pub async fn key_count(&self) -> Result<u64, StoreError> {
         Ok(redis::cmd("DBSIZE")
-            .query_async(&mut self.inner.commands.clone())
+            .query_async(&mut self.commands().await?)
             .await?)
     }
 
-    /// The Redis type of each key (`zset`, `string`, `none`, ...), in one round trip.
+    /// The Redis type of each key (`zset`, `string`, `none`, ...).
     pub async fn key_types(&self, keys: &[String]) -> Result<Vec<String>, StoreError> {
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("TYPE").arg(key);
-        }
-        Ok(pipe.query_async(&mut self.inner.commands.clone()).await?)
+        self.per_key(keys.iter().map(|key| {
+            let mut cmd = redis::cmd("TYPE");
+            cmd.arg(key);
+            cmd
+        }))
+        .await
     }
 
-    /// Every `(member, score)` of each sorted set, in sorted-set order, in one round trip.
+    /// Every `(member, score)` of each sorted set, in sorted-set order.
     pub async fn sorted_sets(
         &self,
         keys: &[String],
     ) -> Result<Vec<Vec<(Vec<u8>, f64)>>, StoreError> {
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES");
+        self.per_key(keys.iter().map(|key| {
+            let mut cmd = redis::cmd("ZRANGE");
+            cmd.arg(key).arg(0).arg(-1).arg("WITHSCORES");
+            cmd
+        }))
+        .await
+    }
+
+    /// One command per key, answers in order: one pipelined round trip on a standalone Redis; on a
+    /// cluster, where a pipeline must stay in one slot, concurrent commands (which the cluster
+    /// connection still pipelines per master).
+    async fn per_key<T: redis::FromRedisValue>(
+        &self,
+        cmds: impl Iterator<Item = redis::Cmd>,
+    ) -> Result<Vec<T>, StoreError> {
+        let commands = self.commands().await?;
+        if self.is_cluster() {
+            let cmds: Vec<redis::Cmd> = cmds.collect();
+            return Ok(try_join_all(cmds.iter().map(|cmd| {
+                let mut commands = commands.clone();
+                async move { cmd.query_async::<T>(&mut commands).await }
+            }))
+            .await?);
         }
-        Ok(pipe.query_async(&mut self.inner.commands.clone()).await?)
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        Ok(pipe.query_async(&mut commands.clone()).await?)
     }
 
     /// Merges each member's old entries into its stream (`migrate_zset.lua`), one pipelined round
@@ -73,11 +133,10 @@ impl Store {
         &self,
         batch: &[(MemberId, Vec<Migrated>)],
     ) -> Result<Vec<Merged>, StoreError> {
-        let mut pipe = redis::pipe();
+        let mut calls = Vec::with_capacity(batch.len());
         for (member, entries) in batch {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(scripts::MIGRATE_ZSET.get_hash())
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(scripts::MIGRATE_ZSET.get_hash())
                 .arg(2)
                 .arg(keys::stream(member))
                 .arg(keys::epoch(keys::partition_of(member)))
@@ -87,8 +146,11 @@ impl Store {
             for entry in entries {
                 cmd.arg(entry.id.to_string()).arg(&entry.content);
             }
+            calls.push((keys::partition_of(member), cmd));
         }
-        let replies = self.run_scripts(&pipe, &scripts::MIGRATE_ZSET).await?;
+        let replies = self
+            .run_partitioned(calls, &scripts::MIGRATE_ZSET, None)
+            .await?;
         replies
             .into_iter()
             .map(|reply| match reply {
@@ -111,11 +173,18 @@ impl Store {
         &self,
         removals: &[(String, Vec<Vec<u8>>)],
     ) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        for (key, members) in removals.iter().filter(|(_, m)| !m.is_empty()) {
-            pipe.cmd("ZREM").arg(key).arg(members).ignore();
-        }
-        let () = pipe.query_async(&mut self.inner.commands.clone()).await?;
+        let _removed: Vec<Value> = self
+            .per_key(
+                removals
+                    .iter()
+                    .filter(|(_, m)| !m.is_empty())
+                    .map(|(key, members)| {
+                        let mut cmd = redis::cmd("ZREM");
+                        cmd.arg(key).arg(members);
+                        cmd
+                    }),
+            )
+            .await?;
         Ok(())
     }
 }

@@ -1,24 +1,31 @@
 //! `Store`: the only code that talks to Redis. Writes go through the Lua scripts of
 //! `migrations-lua/`; reads are plain stream commands. Knows nothing of HTTP or SSE.
 //!
-//! Commands share one multiplexed connection (`ConnectionManager`: concurrent requests are
-//! pipelined on it and it reconnects by itself). Live readers block, so each gets a connection of
-//! its own through [`Store::feed`]: the instance's Redis connection count is fixed, whatever the
-//! number of open streams.
+//! Commands share one multiplexed connection per Redis server (concurrent requests are pipelined
+//! on it; see `topology`). Live readers block, so each gets a connection of its own through
+//! [`Store::feed`]: the instance's Redis connection count is fixed, whatever the number of open
+//! streams.
+//!
+//! On a Redis Cluster every script and pipeline stays inside one partition (one hash slot): a
+//! publish to members of several partitions is one script call per partition, run concurrently.
 
 pub mod keys;
 pub mod legacy;
 mod scripts;
+mod topology;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Value};
+use futures_util::future::try_join_all;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::Semaphore;
 
+use crate::config::{PublishWait, RedisTarget};
 use crate::model::{Entry, MemberId, StreamId};
+use topology::{Commands, Redis};
 
 /// Approximate length each fan-out stream is trimmed to. A reader that falls further behind sees
 /// a gap and hands its subscribers back to their member streams.
@@ -33,6 +40,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from redis: {0}")]
     Reply(&'static str),
+    #[error("stored, but only {acked} of {wanted} replicas confirmed it in time")]
+    NotReplicated { acked: i64, wanted: u32 },
 }
 
 /// A notification to append to one or more member streams.
@@ -78,46 +87,50 @@ pub struct Store {
 }
 
 struct Inner {
-    client: Client,
-    commands: ConnectionManager,
+    redis: Redis,
     reads: Semaphore,
     retention: Duration,
     max_per_member: u64,
+    publish_wait: Option<PublishWait>,
 }
 
 impl Store {
     /// Prepares the store without connecting: the service starts, and reports not ready, while
     /// Redis is down.
     pub fn new(
-        redis_url: &str,
+        target: &RedisTarget,
         retention: Duration,
         max_per_member: u64,
+        publish_wait: Option<PublishWait>,
     ) -> Result<Self, StoreError> {
-        let client = Client::open(redis_url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                commands,
+                redis: Redis::open(target)?,
                 reads: Semaphore::new(CONCURRENT_READS),
                 retention,
                 max_per_member,
+                publish_wait,
             }),
         })
+    }
+
+    /// Whether Redis is a cluster: then each partition is read by a reader of its own.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.redis.is_cluster()
+    }
+
+    async fn commands(&self) -> Result<Commands, StoreError> {
+        self.inner.redis.commands().await
     }
 
     pub fn retention(&self) -> Duration {
         self.inner.retention
     }
 
+    /// Every master answers (a cluster connection asks each of them).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING")
-            .query_async(&mut self.inner.commands.clone())
+            .query_async(&mut self.commands().await?)
             .await?;
         Ok(())
     }
@@ -137,25 +150,137 @@ impl Store {
         &self,
         notes: &[NewNotification<'_>],
     ) -> Result<Vec<Appended>, StoreError> {
-        let mut pipe = redis::pipe();
-        for note in notes {
-            pipe.add_command(publish_command(
-                note,
-                self.inner.retention,
-                self.inner.max_per_member,
-            ));
+        // Standalone: one script call per notification, so a publish to many members is all or
+        // nothing. Cluster: a script must stay in one slot, so one call per partition the members
+        // fall in (atomic per partition; a retry with the same idempotency key completes a
+        // partial one).
+        let mut calls = Vec::new();
+        let mut covers = Vec::new(); // per call: (note, indexes of its members)
+        for (n, note) in notes.iter().enumerate() {
+            let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for (m, member) in note.members.iter().enumerate() {
+                let partition = if self.is_cluster() {
+                    keys::partition_of(member)
+                } else {
+                    0
+                };
+                groups.entry(partition).or_default().push(m);
+            }
+            for (partition, indexes) in groups {
+                let members: Vec<&MemberId> = indexes.iter().map(|&m| &note.members[m]).collect();
+                calls.push((partition, self.publish_command(note, &members)));
+                covers.push((n, indexes));
+            }
         }
-        let replies = self.run_scripts(&pipe, &scripts::PUBLISH).await?;
-        if replies.len() != notes.len() {
-            return Err(StoreError::Reply(
-                "publish pipeline returned the wrong number of replies",
-            ));
+        let replies = self
+            .run_partitioned(calls, &scripts::PUBLISH, self.inner.publish_wait)
+            .await?;
+        let mut out: Vec<Appended> = notes
+            .iter()
+            .map(|note| Appended {
+                ids: vec![StreamId::ZERO; note.members.len()],
+                created: false,
+                repeated: 0,
+            })
+            .collect();
+        for ((n, indexes), reply) in covers.into_iter().zip(replies) {
+            let part = appended(reply, indexes.len())?;
+            for (id, m) in part.ids.into_iter().zip(indexes) {
+                out[n].ids[m] = id;
+            }
+            out[n].created |= part.created;
+            out[n].repeated += part.repeated;
         }
-        replies
-            .into_iter()
-            .zip(notes)
-            .map(|(reply, note)| appended(reply, note.members.len()))
-            .collect()
+        Ok(out)
+    }
+
+    /// Runs script calls, each inside one partition, and returns their replies in call order. A
+    /// standalone Redis gets one pipeline; a cluster one pipeline per partition (one slot each),
+    /// all at once. Calls of one partition keep their order. With `wait`, each pipeline ends with
+    /// `WAIT`, on the same connection, until that many replicas hold every write before it.
+    async fn run_partitioned(
+        &self,
+        calls: Vec<(usize, redis::Cmd)>,
+        script: &redis::Script,
+        wait: Option<PublishWait>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let total = calls.len();
+        let mut groups: BTreeMap<usize, (redis::Pipeline, Vec<usize>)> = BTreeMap::new();
+        for (i, (partition, cmd)) in calls.into_iter().enumerate() {
+            let (pipe, order) = groups.entry(partition).or_default();
+            pipe.add_command(cmd);
+            order.push(i);
+        }
+        let results = try_join_all(groups.into_values().map(|(mut pipe, order)| async move {
+            if let Some(wait) = wait {
+                pipe.cmd("WAIT")
+                    .arg(wait.replicas)
+                    .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
+            }
+            let mut replies = self.run_scripts(&pipe, script).await?;
+            if let Some(wait) = wait {
+                match replies.pop() {
+                    Some(Value::Int(acked)) if acked >= i64::from(wait.replicas) => {}
+                    Some(Value::Int(acked)) => {
+                        return Err(StoreError::NotReplicated {
+                            acked,
+                            wanted: wait.replicas,
+                        });
+                    }
+                    _ => return Err(StoreError::Reply("WAIT did not return a count")),
+                }
+            }
+            if replies.len() != order.len() {
+                return Err(StoreError::Reply(
+                    "script pipeline returned the wrong number of replies",
+                ));
+            }
+            Ok((order, replies))
+        }))
+        .await?;
+        let mut replies = vec![Value::Nil; total];
+        for (order, group) in results {
+            for (i, reply) in order.into_iter().zip(group) {
+                replies[i] = reply;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// `EVALSHA publish.lua` for one notification to `members` (key and argument layout: see the
+    /// script's header).
+    fn publish_command(&self, note: &NewNotification<'_>, members: &[&MemberId]) -> redis::Cmd {
+        let per_member = if note.idempotency_key.is_some() { 4 } else { 3 };
+        let mut keys = Vec::with_capacity(members.len() * per_member);
+        for member in members {
+            let partition = keys::partition_of(member);
+            keys.extend([
+                keys::stream(member),
+                keys::fanout(partition).to_owned(),
+                keys::epoch(partition),
+            ]);
+            if let Some(key) = note.idempotency_key {
+                keys.push(keys::idempotency(member, key));
+            }
+        }
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(scripts::PUBLISH.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(retention_ms(self.inner.retention))
+            .arg(self.inner.max_per_member)
+            .arg(FANOUT_MAXLEN)
+            .arg(if note.idempotency_key.is_some() {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(note.kind)
+            .arg(note.content);
+        for member in members {
+            cmd.arg(member.as_str());
+        }
+        cmd
     }
 
     /// Runs a pipeline of `EVALSHA` calls of `script`. When Redis answers NOSCRIPT (it restarted or
@@ -166,7 +291,7 @@ impl Store {
         pipe: &redis::Pipeline,
         script: &redis::Script,
     ) -> Result<Vec<Value>, StoreError> {
-        let mut commands = self.inner.commands.clone();
+        let mut commands = self.commands().await?;
         match pipe.query_async(&mut commands).await {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -202,7 +327,7 @@ impl Store {
             .arg("+")
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.inner.commands.clone())
+            .query_async(&mut self.commands().await?)
             .await?;
         Ok(ReplayHead {
             epoch_ms: epoch,
@@ -230,22 +355,20 @@ impl Store {
             .arg("+")
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.inner.commands.clone())
+            .query_async(&mut self.commands().await?)
             .await?;
         member_entries(reply)
     }
 
-    /// Opens a dedicated connection for a live reader, whose blocking reads must not hold up
-    /// anybody else's commands.
-    pub async fn feed(&self, block: Duration) -> Result<Feed, StoreError> {
+    /// Opens a dedicated connection for a live reader of `partition` (and, on a standalone
+    /// Redis, of any other), whose blocking reads must not hold up anybody else's commands. In a
+    /// cluster it goes to the master serving the partition's slot, as of now.
+    pub async fn feed(&self, partition: usize, block: Duration) -> Result<Feed, StoreError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
-        let conn = self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let slot = keys::slot(keys::fanout(partition).as_bytes());
+        let conn = self.inner.redis.dedicated(slot, &config).await?;
         Ok(Feed { conn, block })
     }
 }
@@ -357,45 +480,6 @@ impl Feed {
         }
         Ok(batches)
     }
-}
-
-/// `EVALSHA publish.lua` for one notification (key and argument layout: see the script's header).
-fn publish_command(
-    note: &NewNotification<'_>,
-    retention: Duration,
-    max_per_member: u64,
-) -> redis::Cmd {
-    let per_member = if note.idempotency_key.is_some() { 4 } else { 3 };
-    let mut keys = Vec::with_capacity(note.members.len() * per_member);
-    for member in note.members {
-        let partition = keys::partition_of(member);
-        keys.extend([
-            keys::stream(member),
-            keys::fanout(partition).to_owned(),
-            keys::epoch(partition),
-        ]);
-        if let Some(key) = note.idempotency_key {
-            keys.push(keys::idempotency(member, key));
-        }
-    }
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(scripts::PUBLISH.get_hash())
-        .arg(keys.len())
-        .arg(keys)
-        .arg(retention_ms(retention))
-        .arg(max_per_member)
-        .arg(FANOUT_MAXLEN)
-        .arg(if note.idempotency_key.is_some() {
-            "1"
-        } else {
-            "0"
-        })
-        .arg(note.kind)
-        .arg(note.content);
-    for member in note.members {
-        cmd.arg(member.as_str());
-    }
-    cmd
 }
 
 /// Parses the script's `{id, repeated, id, repeated, ...}`.

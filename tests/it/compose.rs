@@ -98,7 +98,10 @@ fn compose_file_is_valid_and_configures_the_service_as_it_expects() {
         config.listen_addr.ip().is_unspecified(),
         "listens on all interfaces inside the container"
     );
-    assert_eq!(config.redis_url, "redis://redis:6379");
+    assert_eq!(
+        config.redis,
+        sse_notify::config::RedisTarget::Standalone("redis://redis:6379".into())
+    );
     assert!(services.contains_key("redis"));
     assert!(
         services["redis"]["image"]

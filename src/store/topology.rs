@@ -1,0 +1,273 @@
+//! How the store reaches Redis: one standalone server, or a Redis Cluster.
+//!
+//! Commands go through one handle either way ([`Commands`]): a `ConnectionManager` (one
+//! multiplexed connection that reconnects by itself) or a `ClusterConnection` (one multiplexed
+//! connection per master; it routes each command by its key's slot and follows MOVED/ASK and
+//! topology changes). Blocking reads get a dedicated connection to the server that holds the slot
+//! they read ([`Redis::dedicated`]), found again after every failure, so a failover or a slot move
+//! is followed by reconnecting.
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    Pipeline, RedisFuture, Value,
+};
+use tokio::sync::OnceCell;
+
+use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, StoreError};
+use crate::config::RedisTarget;
+
+/// The connection(s) commands are sent on; a cheap clone.
+#[derive(Clone)]
+pub enum Commands {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+#[expect(clippy::large_enum_variant, reason = "one per instance, behind the store's Arc")]
+pub enum Redis {
+    Standalone {
+        client: Client,
+        commands: ConnectionManager,
+    },
+    Cluster {
+        client: ClusterClient,
+        /// The first seed node: its credentials and settings serve every node found later.
+        seed: ConnectionInfo,
+        /// Connected on first use, so the service starts (and reports not ready) without Redis.
+        commands: OnceCell<ClusterConnection>,
+    },
+}
+
+impl Redis {
+    /// Prepares the connections without connecting.
+    pub fn open(target: &RedisTarget) -> Result<Self, StoreError> {
+        match target {
+            RedisTarget::Standalone(url) => {
+                let client = Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(std::time::Duration::from_secs(1));
+                let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+                Ok(Self::Standalone { client, commands })
+            }
+            RedisTarget::Cluster(nodes) => {
+                let seed = nodes
+                    .first()
+                    .ok_or(StoreError::Reply("no cluster node given"))?
+                    .as_str()
+                    .into_connection_info()?;
+                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(3)
+                    .build()?;
+                Ok(Self::Cluster {
+                    client,
+                    seed,
+                    commands: OnceCell::new(),
+                })
+            }
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+
+    pub async fn commands(&self) -> Result<Commands, StoreError> {
+        match self {
+            Self::Standalone { commands, .. } => Ok(Commands::Single(commands.clone())),
+            Self::Cluster {
+                client, commands, ..
+            } => {
+                let conn = commands
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await?;
+                Ok(Commands::Cluster(conn.clone()))
+            }
+        }
+    }
+
+    /// A connection of its own to the server that serves `slot` (the master, in a cluster), for
+    /// blocking reads that must not hold up anybody else's commands.
+    pub async fn dedicated(
+        &self,
+        slot: u16,
+        config: &AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, StoreError> {
+        let client = match self {
+            Self::Standalone { client, .. } => client.clone(),
+            Self::Cluster { seed, .. } => {
+                let (host, port) = self.master_of(slot).await?;
+                Client::open(at(seed, host, port)?)?
+            }
+        };
+        Ok(client
+            .get_multiplexed_async_connection_with_config(config)
+            .await?)
+    }
+
+    /// Every server holding keys: the standalone server, or each cluster master.
+    pub async fn masters(&self) -> Result<Vec<ConnectionInfo>, StoreError> {
+        match self {
+            Self::Standalone { client, .. } => Ok(vec![client.get_connection_info().clone()]),
+            Self::Cluster { seed, .. } => {
+                let mut masters = Vec::new();
+                for range in self.slot_ranges().await? {
+                    if !masters.contains(&(range.host.clone(), range.port)) {
+                        masters.push((range.host, range.port));
+                    }
+                }
+                masters
+                    .into_iter()
+                    .map(|(host, port)| at(seed, host, port))
+                    .collect()
+            }
+        }
+    }
+
+    async fn master_of(&self, slot: u16) -> Result<(String, u16), StoreError> {
+        self.slot_ranges()
+            .await?
+            .into_iter()
+            .find(|range| range.first <= slot && slot <= range.last)
+            .map(|range| (range.host, range.port))
+            .ok_or(StoreError::Reply("no cluster master serves the slot"))
+    }
+
+    /// `CLUSTER SLOTS`, asked of whichever node the cluster connection picks.
+    async fn slot_ranges(&self) -> Result<Vec<SlotRange>, StoreError> {
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut self.commands().await?)
+            .await?;
+        let seed_host = match self {
+            Self::Cluster { seed, .. } => match seed.addr() {
+                ConnectionAddr::Tcp(host, _) => host.clone(),
+                _ => String::new(),
+            },
+            Self::Standalone { .. } => String::new(),
+        };
+        slot_ranges(reply, &seed_host)
+    }
+}
+
+struct SlotRange {
+    first: u16,
+    last: u16,
+    host: String,
+    port: u16,
+}
+
+/// Parses `CLUSTER SLOTS`: `[[first, last, [host, port, id, ...], replica...], ...]`. A master
+/// that announces an empty host is reached at the seed's host, as Redis documents.
+fn slot_ranges(reply: Value, seed_host: &str) -> Result<Vec<SlotRange>, StoreError> {
+    let Value::Array(ranges) = reply else {
+        return Err(StoreError::Reply("CLUSTER SLOTS is not an array"));
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    ranges
+        .iter()
+        .map(|range| {
+            let Value::Array(range) = range else {
+                return None;
+            };
+            let Value::Array(master) = range.get(2)? else {
+                return None;
+            };
+            let host = text(master.first()?)?;
+            Some(SlotRange {
+                first: int(range.first()?)?,
+                last: int(range.get(1)?)?,
+                host: if host.is_empty() || host == "?" {
+                    seed_host.to_owned()
+                } else {
+                    host
+                },
+                port: int(master.get(1)?)?,
+            })
+        })
+        .collect::<Option<_>>()
+        .ok_or(StoreError::Reply("CLUSTER SLOTS entry is malformed"))
+}
+
+/// The seed's settings (credentials, protocol) for another node.
+fn at(seed: &ConnectionInfo, host: String, port: u16) -> Result<ConnectionInfo, StoreError> {
+    match seed.addr() {
+        ConnectionAddr::Tcp(..) => Ok(seed.clone().set_addr(ConnectionAddr::Tcp(host, port))),
+        _ => Err(StoreError::Reply("cluster nodes must be reached over plain TCP")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn cluster_slots_name_each_ranges_master() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                Value::Array(vec![bulk("10.0.0.1"), Value::Int(7000), bulk("id1")]),
+                Value::Array(vec![bulk("10.0.0.4"), Value::Int(7003), bulk("id4")]),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                Value::Array(vec![bulk(""), Value::Int(7001), bulk("id2")]),
+            ]),
+        ]);
+        let ranges = slot_ranges(reply, "seed.host").unwrap();
+        assert_eq!(ranges.len(), 2);
+        assert_eq!((ranges[0].first, ranges[0].last), (0, 5460));
+        assert_eq!((ranges[0].host.as_str(), ranges[0].port), ("10.0.0.1", 7000));
+        assert_eq!((ranges[1].host.as_str(), ranges[1].port), ("seed.host", 7001));
+        assert!(slot_ranges(Value::Int(1), "").is_err());
+    }
+}
