@@ -192,7 +192,13 @@ impl fmt::Display for RedisTarget {
         let host = |url: &str| {
             redis::parse_redis_url(url).map_or_else(
                 || "?".to_owned(),
-                |u| format!("{}:{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(6379)),
+                |u| {
+                    format!(
+                        "{}:{}",
+                        u.host_str().unwrap_or("?"),
+                        u.port().unwrap_or(6379)
+                    )
+                },
             )
         };
         match self {
@@ -411,7 +417,10 @@ mod tests {
         );
         assert_eq!(
             target("redis+cluster://:pw@a:7000,b:7001/", &[]).unwrap(),
-            RedisTarget::Cluster(vec!["redis://:pw@a:7000".into(), "redis://:pw@b:7001".into()])
+            RedisTarget::Cluster(vec![
+                "redis://:pw@a:7000".into(),
+                "redis://:pw@b:7001".into()
+            ])
         );
         assert_eq!(
             target("redis://ignored:1", &["a:7000", " redis://b:7001 ", ""]).unwrap(),
@@ -420,7 +429,9 @@ mod tests {
         assert!(target("redis+cluster://", &[]).is_err());
         assert!(target("redis+cluster://a:7000,,b:1", &[]).is_err());
         assert!(target("redis://r", &["a:notaport"]).is_err());
-        let shown = target("redis+cluster://:secret@a:7000,b:7001", &[]).unwrap().to_string();
+        let shown = target("redis+cluster://:secret@a:7000,b:7001", &[])
+            .unwrap()
+            .to_string();
         assert_eq!(shown, "cluster a:7000,b:7001");
 
         let config = parse(&[
@@ -439,7 +450,10 @@ mod tests {
                 timeout: Duration::from_millis(250)
             })
         );
-        assert_eq!(parse(&["--auth-mode", "gateway"]).unwrap().publish_wait, None);
+        assert_eq!(
+            parse(&["--auth-mode", "gateway"]).unwrap().publish_wait,
+            None
+        );
     }
 
     #[test]

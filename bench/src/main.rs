@@ -741,10 +741,7 @@ async fn replay(target: &Target, members: usize, missed: usize) -> anyhow::Resul
                     .next_events()
                     .await?
                     .context("closed before catching up")?;
-                for event in events
-                    .iter()
-                    .filter(|e| target.is_notification(e))
-                {
+                for event in events.iter().filter(|e| target.is_notification(e)) {
                     let data: Value = serde_json::from_str(&event.data)?;
                     anyhow::ensure!(
                         data["content"]["seq"].as_u64() == Some(next as u64),

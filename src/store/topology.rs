@@ -7,7 +7,9 @@
 //! they read ([`Redis::dedicated`]), found again after every failure, so a failover or a slot move
 //! is followed by reconnecting.
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
@@ -54,7 +56,10 @@ impl ConnectionLike for Commands {
     }
 }
 
-#[expect(clippy::large_enum_variant, reason = "one per instance, behind the store's Arc")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per instance, behind the store's Arc"
+)]
 pub enum Redis {
     Standalone {
         client: Client,
@@ -236,7 +241,9 @@ fn slot_ranges(reply: Value, seed_host: &str) -> Result<Vec<SlotRange>, StoreErr
 fn at(seed: &ConnectionInfo, host: String, port: u16) -> Result<ConnectionInfo, StoreError> {
     match seed.addr() {
         ConnectionAddr::Tcp(..) => Ok(seed.clone().set_addr(ConnectionAddr::Tcp(host, port))),
-        _ => Err(StoreError::Reply("cluster nodes must be reached over plain TCP")),
+        _ => Err(StoreError::Reply(
+            "cluster nodes must be reached over plain TCP",
+        )),
     }
 }
 
@@ -266,8 +273,14 @@ mod tests {
         let ranges = slot_ranges(reply, "seed.host").unwrap();
         assert_eq!(ranges.len(), 2);
         assert_eq!((ranges[0].first, ranges[0].last), (0, 5460));
-        assert_eq!((ranges[0].host.as_str(), ranges[0].port), ("10.0.0.1", 7000));
-        assert_eq!((ranges[1].host.as_str(), ranges[1].port), ("seed.host", 7001));
+        assert_eq!(
+            (ranges[0].host.as_str(), ranges[0].port),
+            ("10.0.0.1", 7000)
+        );
+        assert_eq!(
+            (ranges[1].host.as_str(), ranges[1].port),
+            ("seed.host", 7001)
+        );
         assert!(slot_ranges(Value::Int(1), "").is_err());
     }
 }

@@ -3,6 +3,7 @@
 mod support;
 
 mod auth;
+mod cluster;
 mod compose;
 mod connection;
 mod history;

@@ -4,8 +4,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
-use sse_notify::migrate::{self, NON_NUMERIC_KEY, NOT_A_SORTED_SET, Options, Report};
 use sse_notify::config::RedisTarget;
+use sse_notify::migrate::{self, NON_NUMERIC_KEY, NOT_A_SORTED_SET, Options, Report};
 use sse_notify::store::Store;
 
 use crate::support::sse::SseStream;
@@ -40,7 +40,13 @@ async fn old_entry(
 }
 
 async fn migrate_all(redis: &RedisServer, dry_run: bool) -> Report {
-    let store = Store::new(&RedisTarget::Standalone(redis.url()), RETENTION, 10_000, None).expect("test setup");
+    let store = Store::new(
+        &RedisTarget::Standalone(redis.url()),
+        RETENTION,
+        10_000,
+        None,
+    )
+    .expect("test setup");
     let options = Options {
         dry_run,
         pattern: "*".into(),
@@ -201,7 +207,13 @@ async fn an_interrupted_run_completed_by_another_gives_the_same_result_and_delet
             .await;
         }
     }
-    let store = Store::new(&RedisTarget::Standalone(redis.url()), RETENTION, 10_000, None).unwrap();
+    let store = Store::new(
+        &RedisTarget::Standalone(redis.url()),
+        RETENTION,
+        10_000,
+        None,
+    )
+    .unwrap();
     let options = Options {
         dry_run: false,
         pattern: "*".into(),

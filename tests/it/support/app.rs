@@ -106,6 +106,13 @@ impl TestApp {
         }
     }
 
+    pub fn publisher_raw(&self) -> RawPublisher {
+        RawPublisher {
+            url: self.url.clone(),
+            client: self.client.clone(),
+        }
+    }
+
     pub async fn publish_raw(&self, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
         let mut request = self
             .client
@@ -158,6 +165,35 @@ impl TestApp {
             .send()
             .await
             .expect("subscribe request")
+    }
+}
+
+/// Publishes with an idempotency key and tells a refusal (503, or no answer) from an id.
+#[derive(Clone)]
+pub struct RawPublisher {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl RawPublisher {
+    /// The first id on 200/201; `None` on 503 or a failed request; panics on anything else.
+    pub async fn post(&self, body: Value, idempotency_key: &str) -> Option<String> {
+        let response = self
+            .client
+            .post(format!("{}/notifications", self.url))
+            .bearer_auth(PUBLISH_TOKEN)
+            .header("Idempotency-Key", idempotency_key)
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
+        match response.status().as_u16() {
+            200 | 201 => {}
+            503 => return None,
+            other => panic!("publish answered {other}"),
+        }
+        let body: Value = response.json().await.ok()?;
+        body["ids"][0].as_str().map(str::to_owned)
     }
 }
 

@@ -1,4 +1,6 @@
 pub mod app;
+pub mod browser;
+pub mod cluster;
 pub mod kafka;
 pub mod process;
 pub mod redis;

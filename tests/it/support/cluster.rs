@@ -1,0 +1,241 @@
+//! A throwaway Redis Cluster: 3 masters and 3 replicas, each a `redis-server` on a free loopback
+//! port (its cluster bus on port + 10000), joined with `redis-cli --cluster create`; killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+    dir: PathBuf,
+}
+
+struct Node {
+    port: u16,
+    process: Option<Child>,
+}
+
+/// A node as `CLUSTER NODES` describes it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub port: u16,
+    pub master: bool,
+    pub failed: bool,
+    /// Slot ranges it serves (masters only).
+    pub slots: Vec<(u16, u16)>,
+}
+
+const NODES: usize = 6;
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("sse-notify-cluster-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("create the cluster directory");
+        let mut nodes = Vec::with_capacity(NODES);
+        while nodes.len() < NODES {
+            let port = free_cluster_port();
+            if let Some(process) = spawn(port, &dir) {
+                nodes.push(Node {
+                    port,
+                    process: Some(process),
+                });
+            }
+        }
+        let cluster = Self { nodes, dir };
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is not installed (apt-get install redis-tools)");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        cluster.wait_until_healthy(3);
+        cluster
+    }
+
+    /// `redis+cluster://` with every master as a seed.
+    pub fn url(&self) -> String {
+        let masters: Vec<String> = self
+            .nodes()
+            .into_iter()
+            .filter(|n| n.master && !n.failed)
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", masters.join(","))
+    }
+
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn live_port(&self) -> u16 {
+        self.nodes
+            .iter()
+            .find(|n| n.process.is_some())
+            .expect("a live node")
+            .port
+    }
+
+    /// The cluster's view, from a node that is still up.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.cli(self.live_port(), &["CLUSTER", "NODES"])
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let address = fields.get(1)?;
+                let port = address
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let flags = fields.get(2)?;
+                let slots = fields
+                    .iter()
+                    .skip(8)
+                    .filter(|s| !s.starts_with('['))
+                    .filter_map(|s| match s.split_once('-') {
+                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                        None => s.parse().ok().map(|n| (n, n)),
+                    })
+                    .collect();
+                Some(NodeInfo {
+                    port,
+                    master: flags.contains("master"),
+                    failed: flags.contains("fail"),
+                    slots,
+                })
+            })
+            .collect()
+    }
+
+    /// The port of the master serving `key`'s slot.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let slot: u16 = self
+            .cli(self.live_port(), &["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("a slot number");
+        self.nodes()
+            .into_iter()
+            .find(|n| n.master && !n.failed && n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+            .expect("a master serves the slot")
+            .port
+    }
+
+    /// SIGKILLs a node (a crash: no goodbye to the cluster).
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        if let Some(mut process) = node.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Waits until the cluster serves every slot again with `masters` masters, each with its
+    /// replicas in sync (so a test's next kill is survivable too).
+    pub fn wait_until_healthy(&self, masters: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.process.is_some()).all(|n| {
+                self.cli(n.port, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            });
+            let nodes = self.nodes();
+            let serving = nodes
+                .iter()
+                .filter(|n| n.master && !n.failed && !n.slots.is_empty());
+            let covered: u32 = serving
+                .clone()
+                .flat_map(|n| n.slots.iter().map(|&(a, b)| u32::from(b - a) + 1))
+                .sum();
+            // With every node up, each master must have its replica in sync.
+            let all_up = self.nodes.iter().all(|n| n.process.is_some());
+            let synced = !all_up
+                || serving.clone().all(|n| {
+                    self.cli(n.port, &["INFO", "replication"])
+                        .lines()
+                        .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+                });
+            if ok && covered == 16_384 && serving.count() == masters && synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster never became healthy: {nodes:?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A port whose cluster bus port (+10000) is free too, below the 55535 Redis allows.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = 20_000 + fastrand::u16(..30_000);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
+    let mut process = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+        // Fail over fast, and let any replica take over (a test kills masters on purpose).
+        .args(["--cluster-node-timeout", "1000"])
+        .args(["--cluster-replica-validity-factor", "0"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-server is not installed (apt-get install redis-server)");
+    let mut log = BufReader::new(process.stdout.take().expect("stdout is piped")).lines();
+    if log
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Ready to accept connections"))
+    {
+        thread::spawn(move || log.for_each(drop));
+        return Some(process);
+    }
+    let _ = process.wait();
+    None
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut process) = node.process.take() {
+                let _ = process.kill();
+                let _ = process.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
