@@ -4,6 +4,8 @@
 #   bench/run.sh idle --streams 10000
 #   bench/run.sh fanout --subscribers 1000 --rate 1000 --duration 20
 #   bench/run.sh publish --publishers 32 --duration 10   (then redis-benchmark's ceilings)
+#   REDIS_CLUSTER=1 bench/run.sh publish ...             (on a local 3+3 Redis Cluster)
+#   PUBLISH_WAIT_REPLICAS=1 ...                          (any service setting passes through)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -16,6 +18,41 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --d
   --logfile "$work/redis.log" --maxclients 20000 &
 redis_pid=$!
 until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.05; done
+redis_url="redis://127.0.0.1:$redis_port"
+redis_args=(--redis-port "$redis_port" --redis-pid "$redis_pid")
+
+# REDIS_CLUSTER=1: a local Redis Cluster (3 masters + 3 replicas) instead of the single Redis.
+# Redis CPU is then not reported (six processes); the server's connections to it are counted.
+cluster_ports=()
+cluster_pids=()
+if [ "${REDIS_CLUSTER:-0}" = 1 ]; then
+  next=21000
+  for _ in 1 2 3 4 5 6; do
+    port="$(free_port "$next")"
+    cluster_ports+=("$port")
+    next=$((port + 1))
+    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 2000 --save "" \
+      --appendonly no --dir "$work" --logfile "$work/redis-$port.log" --maxclients 20000 &
+    cluster_pids+=($!)
+  done
+  for port in "${cluster_ports[@]}"; do
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") \
+    --cluster-replicas 1 --cluster-yes >/dev/null
+  for port in "${cluster_ports[@]}"; do
+    until redis-cli -p "$port" cluster info | grep -q cluster_state:ok; do sleep 0.1; done
+  done
+  # Replicas in sync before measuring (a WAIT would otherwise time out on the initial sync).
+  for port in "${cluster_ports[@]}"; do
+    if redis-cli -p "$port" role | head -1 | grep -q master; then
+      until redis-cli -p "$port" info replication | grep -q 'slave0:.*state=online'; do sleep 0.1; done
+    fi
+  done
+  redis_url="redis+cluster://$(printf '127.0.0.1:%s,' "${cluster_ports[@]:0:3}" | sed 's/,$//')"
+  redis_args=()
+fi
 
 # The kafka scenario needs a broker with the topic in place before the service subscribes.
 kafka_args=()
@@ -34,20 +71,25 @@ if [ "${1:-}" = kafka ]; then
 fi
 
 port="$(free_port 18080)"
-LISTEN_ADDR="127.0.0.1:$port" REDIS_URL="redis://127.0.0.1:$redis_port" JWT_SECRET=bench-secret \
+LISTEN_ADDR="127.0.0.1:$port" REDIS_URL="$redis_url" JWT_SECRET=bench-secret \
   PUBLISH_TOKEN=bench-publish-token HEARTBEAT_SECS=15 RUST_LOG=warn \
   ./target/release/sse-notify >"$work/sse-notify.log" 2>&1 &
 server_pid=$!
-trap 'kill "$server_pid" "$redis_pid" 2>/dev/null || true; bash scripts/kafka-test-broker.sh stop; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "$server_pid" "$redis_pid" 2>/dev/null || true; kill "${cluster_pids[@]}" 2>/dev/null || true; bash scripts/kafka-test-broker.sh stop; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.05; done
 
 ./target/release/sse-bench "$@" "${kafka_args[@]}" --addr "127.0.0.1:$port" --server-pid "$server_pid" \
-  --redis-port "$redis_port" --redis-pid "$redis_pid"
+  "${redis_args[@]}"
+if [ ${#cluster_ports[@]} -gt 0 ]; then
+  pattern="$(printf ':%s$|' "${cluster_ports[@]}" | sed 's/|$//')"
+  connections="$(ss -Htnp state established | grep "pid=$server_pid," | awk '{print $4}' | grep -cE "$pattern" || true)"
+  echo "RESULT {\"scenario\": \"cluster-connections\", \"target\": \"sse-notify\", \"redis_connections\": $connections}"
+fi
 
 # After HTTP publishing: the same Redis's ceiling, from redis-benchmark with as many clients as
 # publishers, over 1,000 streams. First a bare XADD, then publish.lua alone (what one HTTP publish
 # asks of Redis), so the report can say where the time goes.
-if [ "${1:-}" = publish ]; then
+if [ "${1:-}" = publish ] && [ ${#cluster_ports[@]} -eq 0 ]; then
   clients=32
   for ((i = 2; i <= $#; i++)); do
     if [ "${!i}" = --publishers ]; then j=$((i + 1)); clients="${!j}"; fi
