@@ -18,7 +18,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::model::{MemberId, StreamId};
+use crate::model::{MemberId, StreamId, notification_frame};
+use crate::store::LiveEntry;
 use crate::store::keys::{PARTITIONS, partition_of};
 
 pub use reader::run as run_reader;
@@ -114,16 +115,22 @@ impl Hub {
         }
     }
 
-    /// Hands each delivery to the streams of its member. A stream whose buffer is full is dropped
-    /// (counted): the client reconnects and resumes by id instead of growing our memory.
-    fn dispatch(&self, partition: usize, deliveries: &[(MemberId, Arc<Delivery>)]) {
+    /// Hands each notification to the streams of its member, framed once, and only if this
+    /// instance has a stream for it (most instances hold few of all members). A stream whose
+    /// buffer is full is dropped (counted): the client reconnects and resumes by id instead of
+    /// growing our memory.
+    fn dispatch(&self, partition: usize, entries: Vec<LiveEntry>) {
         let mut delivered = 0;
         let mut slow = 0;
         let mut subscribers = self.inner.lock(partition);
-        for (member, delivery) in deliveries {
-            let Some(slots) = subscribers.get_mut(member) else {
+        for live in entries {
+            let Some(slots) = subscribers.get_mut(&live.member) else {
                 continue;
             };
+            let delivery = Arc::new(Delivery {
+                id: live.entry.id,
+                frame: Bytes::from(notification_frame(&live.entry, &live.member)),
+            });
             slots.retain(|slot| match slot.tx.try_send(delivery.clone()) {
                 Ok(()) => {
                     delivered += 1;
@@ -136,7 +143,7 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
             if slots.is_empty() {
-                subscribers.remove(member);
+                subscribers.remove(&live.member);
             }
         }
         drop(subscribers);

@@ -3,15 +3,13 @@
 //! Reconnects with backoff and resumes from the last id it read.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Hub};
+use super::Hub;
 use crate::metrics::Metrics;
-use crate::model::{MemberId, StreamId, notification_frame};
+use crate::model::StreamId;
 use crate::store::{LiveEntry, Store, StoreError};
 
 /// How long one `XREAD` blocks: also how soon a silently dead connection is noticed.
@@ -107,31 +105,20 @@ async fn follow(
             if let Some(last) = entries.last() {
                 *position = last.id;
             }
-            let deliveries = frame(entries, metrics);
-            hub.dispatch(partition, &deliveries);
+            observe_latency(&entries, metrics);
+            hub.dispatch(partition, entries);
         }
     }
 }
 
-/// Frames each notification once, whatever the number of its subscribers.
-fn frame(entries: Vec<LiveEntry>, metrics: &Metrics) -> Vec<(MemberId, Arc<Delivery>)> {
+/// Time from append (the entry id's milliseconds) to being read here.
+fn observe_latency(entries: &[LiveEntry], metrics: &Metrics) {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    entries
-        .into_iter()
-        .map(|live| {
-            metrics
-                .delivery_seconds
-                .observe(now_ms.saturating_sub(live.entry.id.ms) as f64 / 1000.0);
-            let frame = Bytes::from(notification_frame(&live.entry, &live.member));
-            (
-                live.member,
-                Arc::new(Delivery {
-                    id: live.entry.id,
-                    frame,
-                }),
-            )
-        })
-        .collect()
+    for live in entries {
+        metrics
+            .delivery_seconds
+            .observe(now_ms.saturating_sub(live.entry.id.ms) as f64 / 1000.0);
+    }
 }

@@ -207,6 +207,7 @@ impl Store {
         let total = calls.len();
         let mut groups: BTreeMap<usize, (redis::Pipeline, Vec<usize>)> = BTreeMap::new();
         for (i, (partition, cmd)) in calls.into_iter().enumerate() {
+            let partition = if self.is_cluster() { partition } else { 0 };
             let (pipe, order) = groups.entry(partition).or_default();
             pipe.add_command(cmd);
             order.push(i);
