@@ -56,10 +56,10 @@ for run in $(seq 1 "$runs"); do
   done
 done
 
-mkdir -p bench/results
-sed 's/^RESULT //' "$results" >bench/results/compare.jsonl
 export BENCH_STARTED="$started" BENCH_RUNS="$runs"
 export BENCH_MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r)"
 export BENCH_VERSIONS="sse-notify $(git rev-parse --short HEAD)$(git diff --quiet -- src migrations-lua bench Cargo.toml Cargo.lock || echo '+changes'), $(rustc --version | cut -d' ' -f1-2), $(redis-server --version | grep -o 'v=[^ ]*' | sed 's/v=/Redis /'), $(nginx -v 2>&1 | sed 's|.*nginx/|nginx |'), libnginx-mod-nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan)"
+mkdir -p bench/results
+sed 's/^RESULT //' "$results" >bench/results/compare.jsonl
 python3 bench/report.py bench/results/compare.jsonl BENCHMARKS.md
 echo "BENCHMARKS.md updated (section between the compare.sh markers)" >&2

@@ -240,3 +240,72 @@ async fn publish_until_acknowledged(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_zset_moves_old_sorted_sets_from_every_master() {
+    use sse_notify::config::RedisTarget;
+    use sse_notify::migrate::{self, Options};
+    use sse_notify::store::Store;
+
+    let cluster = RedisCluster::start();
+    let target = RedisTarget::new(&cluster.url(), &[]).expect("a cluster URL");
+    let client = redis::cluster::ClusterClient::new(match &target {
+        RedisTarget::Cluster(nodes) => nodes.clone(),
+        RedisTarget::Standalone(_) => unreachable!("a cluster target"),
+    })
+    .expect("a cluster client");
+    let mut conn = client
+        .get_async_connection()
+        .await
+        .expect("a cluster connection");
+    // Old layout: one sorted set per numeric member id, spread over every master.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let members: Vec<String> = (100..130).map(|n| n.to_string()).collect();
+    let masters: BTreeSet<u16> = members.iter().map(|m| cluster.master_of(m)).collect();
+    assert_eq!(masters.len(), 3, "old keys must live on every master");
+    for member in &members {
+        for i in 0..3u64 {
+            let time = now_ms - 60_000 + i;
+            let entry = json!({"content": {"member": member, "i": i}, "time": time}).to_string();
+            let () = redis::cmd("ZADD")
+                .arg(member)
+                .arg(time)
+                .arg(entry)
+                .query_async(&mut conn)
+                .await
+                .expect("ZADD");
+        }
+    }
+
+    let store = Store::new(&target, Duration::from_secs(86_400), 10_000, None).expect("a store");
+    let options = Options {
+        dry_run: false,
+        pattern: "*".into(),
+        delete_source: false,
+        batch: 7,
+    };
+    let report = migrate::run(&store, &options, |_| {})
+        .await
+        .expect("migration");
+    assert_eq!(report.keys_scanned, 30);
+    assert_eq!(report.entries_moved, 90);
+    let again = migrate::run(&store, &options, |_| {})
+        .await
+        .expect("second run");
+    assert_eq!((again.entries_moved, again.entries_already_there), (0, 90));
+
+    // Every member replays its three old notifications, in order, through the service.
+    let app = TestApp::start(&cluster.url(), &[]).await;
+    app.wait_ready().await;
+    for member in &members {
+        let mut stream = app.subscribe(member, "?lastEventId=0-0", &[]).await;
+        for i in 0..3 {
+            let event = stream.next_notification(WAIT).await;
+            assert_eq!(event.json()["content"], json!({"member": member, "i": i}));
+        }
+    }
+    app.stop().await;
+}

@@ -1,7 +1,6 @@
 //! A throwaway Redis Cluster: 3 masters and 3 replicas, each a `redis-server` on a free loopback
 //! port (its cluster bus on port + 10000), joined with `redis-cli --cluster create`; killed on drop.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -202,7 +201,7 @@ fn free_cluster_port() -> u16 {
 }
 
 fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
-    let mut process = Command::new("redis-server")
+    let process = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes"])
         .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
@@ -215,17 +214,7 @@ fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
         .stdout(Stdio::piped())
         .spawn()
         .expect("redis-server is not installed (apt-get install redis-server)");
-    let mut log = BufReader::new(process.stdout.take().expect("stdout is piped")).lines();
-    if log
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("Ready to accept connections"))
-    {
-        thread::spawn(move || log.for_each(drop));
-        return Some(process);
-    }
-    let _ = process.wait();
-    None
+    super::redis::ready(process)
 }
 
 impl Drop for RedisCluster {

@@ -63,7 +63,7 @@ impl RedisServer {
 }
 
 fn spawn(port: u16) -> Option<RedisServer> {
-    let mut process = Command::new("redis-server")
+    let process = Command::new("redis-server")
         .args([
             "--port",
             &port.to_string(),
@@ -77,6 +77,15 @@ fn spawn(port: u16) -> Option<RedisServer> {
         .stdout(Stdio::piped())
         .spawn()
         .expect("redis-server is not installed (apt-get install redis-server)");
+    ready(process).map(|process| RedisServer {
+        process: Some(process),
+        port,
+    })
+}
+
+/// Waits until a `redis-server` child (stdout piped) is ready; `None` if it exited instead (its
+/// port was taken).
+pub fn ready(mut process: Child) -> Option<Child> {
     let mut log = BufReader::new(process.stdout.take().expect("stdout is piped")).lines();
     // Ready when *our* child says so; if the port was taken it exits and `any` hits EOF.
     if log
@@ -85,10 +94,7 @@ fn spawn(port: u16) -> Option<RedisServer> {
         .any(|l| l.contains("Ready to accept connections"))
     {
         thread::spawn(move || log.for_each(drop)); // keep draining: a full pipe blocks redis
-        return Some(RedisServer {
-            process: Some(process),
-            port,
-        });
+        return Some(process);
     }
     let _ = process.wait();
     None
