@@ -326,3 +326,41 @@ async fn sigterm_commits_the_stored_offsets() {
         "the next offset to read is committed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_for_members_on_every_cluster_master_are_stored_in_order_once() {
+    let cluster = crate::support::cluster::RedisCluster::start();
+    let setup = Setup::new(3).await;
+    let mut flags = setup.flags(FAST_GROUP);
+    flags.extend(["--auth-mode", "gateway"]);
+    let app = TestApp::start(&cluster.url(), &flags).await;
+    app.wait_ready().await;
+    // 24 members: their partitions fall on all three masters; 5 records each, keyed by member,
+    // so each member's records share a Kafka partition and keep their order.
+    let members: Vec<String> = (0..24).map(|i| format!("kc{i}")).collect();
+    let masters: std::collections::BTreeSet<u16> = members
+        .iter()
+        .map(|m| {
+            let member = m.parse().expect("a valid member id");
+            cluster.master_of(&sse_notify::store::keys::stream(&member))
+        })
+        .collect();
+    assert_eq!(masters.len(), 3, "the members must span every master");
+    let kafka = producer();
+    for n in 0..5 {
+        for member in &members {
+            let value = json!({"type": "t", "content": {"n": n}}).to_string();
+            produce(&kafka, &setup.topic, member, value.as_bytes(), &[]).await;
+        }
+    }
+    for member in &members {
+        let items = wait_for_history(&app.url, member, 5).await;
+        let ns: Vec<i64> = items
+            .iter()
+            .map(|item| item["content"]["n"].as_i64().expect("n"))
+            .collect();
+        assert_eq!(ns, [0, 1, 2, 3, 4], "{member}: every record once, in order");
+    }
+    wait_for_metric(&app.url, "sse_notify_kafka_records_stored_total", 120.0).await;
+    app.stop().await;
+}
