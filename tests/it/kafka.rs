@@ -335,17 +335,24 @@ async fn records_for_members_on_every_cluster_master_are_stored_in_order_once() 
     flags.extend(["--auth-mode", "gateway"]);
     let app = TestApp::start(&cluster.url(), &flags).await;
     app.wait_ready().await;
-    // 24 members: their partitions fall on all three masters; 5 records each, keyed by member,
-    // so each member's records share a Kafka partition and keep their order.
-    let members: Vec<String> = (0..24).map(|i| format!("kc{i}")).collect();
-    let masters: std::collections::BTreeSet<u16> = members
-        .iter()
-        .map(|m| {
-            let member = m.parse().expect("a valid member id");
-            cluster.master_of(&sse_notify::store::keys::stream(&member))
-        })
-        .collect();
-    assert_eq!(masters.len(), 3, "the members must span every master");
+    // 5 records each, keyed by member, so each member's records share a Kafka partition and keep
+    // their order.
+    // Members chosen so that each of the three masters holds eight of them.
+    let mut per_master: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    for i in 0.. {
+        let name = format!("kc{i}");
+        let member = name.parse().expect("a valid member id");
+        let master = cluster.master_of(&sse_notify::store::keys::stream(&member));
+        let on_master = per_master.entry(master).or_default();
+        if on_master.len() < 8 {
+            on_master.push(name);
+        }
+        if per_master.len() == 3 && per_master.values().all(|m| m.len() == 8) {
+            break;
+        }
+        assert!(i < 10_000, "no member maps to some master: {per_master:?}");
+    }
+    let members: Vec<String> = per_master.into_values().flatten().collect();
     let kafka = producer();
     for n in 0..5 {
         for member in &members {
