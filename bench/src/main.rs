@@ -446,12 +446,7 @@ async fn fanout(
         readers.push((task, seen));
     }
 
-    let cpu = |pid: Option<u32>| pid.and_then(|p| probe::cpu_seconds(p).ok());
-    let (server_cpu0, redis_cpu0, self_cpu0) = (
-        cpu(target.server_pid),
-        cpu(target.redis_pid),
-        cpu(Some(std::process::id())),
-    );
+    let cpu = probe::CpuMeter::start(target.server_pid, target.redis_pid);
     let published = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -503,11 +498,7 @@ async fn fanout(
     let publish_secs = started.elapsed().as_secs_f64();
     // Let the last deliveries drain.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (server_cpu1, redis_cpu1, self_cpu1) = (
-        cpu(target.server_pid),
-        cpu(target.redis_pid),
-        cpu(Some(std::process::id())),
-    );
+    let [cpu_server, cpu_redis, cpu_loadgen] = cpu.percent(publish_secs);
     let mut latencies = Vec::new();
     let (mut delivered, mut duplicates, mut gaps) = (0, 0, 0);
     for (task, seen) in readers {
@@ -520,10 +511,6 @@ async fn fanout(
     }
     latencies.sort_unstable();
     let published = published.load(Ordering::Relaxed);
-    let cpu_pct = |a: Option<f64>, b: Option<f64>| {
-        a.zip(b)
-            .map(|(a, b)| ((b - a) / publish_secs * 100.0).round())
-    };
     Ok(json!({
         "scenario": if rate.is_some() { "fanout-fixed" } else { "fanout-max" },
         "target": target.name(),
@@ -540,9 +527,9 @@ async fn fanout(
         "latency_ms_p50": percentile(&latencies, 0.5) as f64 / 1000.0,
         "latency_ms_p99": percentile(&latencies, 0.99) as f64 / 1000.0,
         "latency_ms_max": percentile(&latencies, 1.0) as f64 / 1000.0,
-        "cpu_pct_server": cpu_pct(server_cpu0, server_cpu1),
-        "cpu_pct_redis": cpu_pct(redis_cpu0, redis_cpu1),
-        "cpu_pct_loadgen": cpu_pct(self_cpu0, self_cpu1),
+        "cpu_pct_server": cpu_server,
+        "cpu_pct_redis": cpu_redis,
+        "cpu_pct_loadgen": cpu_loadgen,
     }))
 }
 
@@ -553,12 +540,7 @@ async fn publish(
     duration: u64,
 ) -> anyhow::Result<Value> {
     let run = format!("pub{}", now_micros() % 1_000_000);
-    let cpu = |pid: Option<u32>| pid.and_then(|p| probe::cpu_seconds(p).ok());
-    let (server_cpu0, redis_cpu0, self_cpu0) = (
-        cpu(target.server_pid),
-        cpu(target.redis_pid),
-        cpu(Some(std::process::id())),
-    );
+    let cpu = probe::CpuMeter::start(target.server_pid, target.redis_pid);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(duration);
     let mut sending = Vec::new();
@@ -588,14 +570,8 @@ async fn publish(
         latencies.extend(l);
         errors += e;
     }
+    let [cpu_server, cpu_redis, cpu_loadgen] = cpu.percent(started.elapsed().as_secs_f64());
     let secs = started.elapsed().as_secs_f64();
-    let (server_cpu1, redis_cpu1, self_cpu1) = (
-        cpu(target.server_pid),
-        cpu(target.redis_pid),
-        cpu(Some(std::process::id())),
-    );
-    let cpu_pct =
-        |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| ((b - a) / secs * 100.0).round());
     latencies.sort_unstable();
     Ok(json!({
         "scenario": "publish",
@@ -606,9 +582,9 @@ async fn publish(
         "publishes_per_sec": (latencies.len() as f64 / secs).round(),
         "latency_ms_p50": percentile(&latencies, 0.5) as f64 / 1000.0,
         "latency_ms_p99": percentile(&latencies, 0.99) as f64 / 1000.0,
-        "cpu_pct_server": cpu_pct(server_cpu0, server_cpu1),
-        "cpu_pct_redis": cpu_pct(redis_cpu0, redis_cpu1),
-        "cpu_pct_loadgen": cpu_pct(self_cpu0, self_cpu1),
+        "cpu_pct_server": cpu_server,
+        "cpu_pct_redis": cpu_redis,
+        "cpu_pct_loadgen": cpu_loadgen,
     }))
 }
 

@@ -66,3 +66,29 @@ pub fn connections_to(pid: u32, port: u16) -> anyhow::Result<usize> {
     }
     Ok(count)
 }
+
+/// CPU used by the server, Redis and this load generator from `start` on, as % of one core.
+pub struct CpuMeter {
+    pids: [Option<u32>; 3],
+    start: [Option<f64>; 3],
+}
+
+impl CpuMeter {
+    pub fn start(server: Option<u32>, redis: Option<u32>) -> Self {
+        let pids = [server, redis, Some(std::process::id())];
+        Self {
+            pids,
+            start: pids.map(|pid| pid.and_then(|p| cpu_seconds(p).ok())),
+        }
+    }
+
+    /// `[server, redis, load generator]`, CPU time so far over `secs` of wall time, in %.
+    pub fn percent(&self, secs: f64) -> [Option<f64>; 3] {
+        std::array::from_fn(|i| {
+            let now = self.pids[i].and_then(|p| cpu_seconds(p).ok());
+            self.start[i]
+                .zip(now)
+                .map(|(a, b)| ((b - a) / secs * 100.0).round())
+        })
+    }
+}
