@@ -309,3 +309,48 @@ async fn migrate_zset_moves_old_sorted_sets_from_every_master() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_moved_to_another_master_keeps_delivering_exactly_once() {
+    let cluster = RedisCluster::start();
+    let subscriber_side = TestApp::start(&cluster.url(), &[]).await;
+    let publisher_side = TestApp::start(&cluster.url(), &[]).await;
+    subscriber_side.wait_ready().await;
+    publisher_side.wait_ready().await;
+    let member = "moving";
+    let key = stream_key(member);
+    let slot: u16 = cluster
+        .cli(cluster.master_of(&key), &["CLUSTER", "KEYSLOT", &key])
+        .parse()
+        .expect("a slot");
+    let from = cluster.master_of(&key);
+    let to = cluster
+        .nodes()
+        .into_iter()
+        .find(|n| n.master && n.port != from)
+        .expect("another master")
+        .port;
+    let browser = Browser::open(vec![subscriber_side.url.clone()], member);
+    let publisher = publisher_side.publisher_raw();
+    let mut acked = Vec::new();
+    for round in 0..10 {
+        acked.push(
+            publish_until_acknowledged(&publisher, member, round, &format!("m-{round}")).await,
+        );
+    }
+    browser.wait_for(&acked).await;
+
+    // The member's partition (stream, fan-out stream, epoch: one slot) moves to another master
+    // while both instances run; publishing and live delivery follow it.
+    cluster.move_slot(slot, to);
+    assert_eq!(cluster.master_of(&key), to);
+    for round in 10..20 {
+        acked.push(
+            publish_until_acknowledged(&publisher, member, round, &format!("m-{round}")).await,
+        );
+    }
+    browser.wait_for(&acked).await;
+    browser.close().await;
+    subscriber_side.stop().await;
+    publisher_side.stop().await;
+}

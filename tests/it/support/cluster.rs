@@ -20,6 +20,7 @@ struct Node {
 /// A node as `CLUSTER NODES` describes it.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
+    pub id: String,
     pub port: u16,
     pub master: bool,
     pub failed: bool,
@@ -117,6 +118,7 @@ impl RedisCluster {
                     })
                     .collect();
                 Some(NodeInfo {
+                    id: (*fields.first()?).to_owned(),
                     port,
                     master: flags.contains("master"),
                     failed: flags.contains("fail"),
@@ -137,6 +139,46 @@ impl RedisCluster {
             .find(|n| n.master && !n.failed && n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
             .expect("a master serves the slot")
             .port
+    }
+
+    /// Moves one slot, keys included, from the master serving it to the master on `to`, the way
+    /// `redis-cli --cluster reshard` does: IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE
+    /// on every master.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let nodes = self.nodes();
+        let owner = |port: u16| nodes.iter().find(|n| n.port == port).expect("a node");
+        let from = nodes
+            .iter()
+            .find(|n| n.master && !n.failed && n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+            .expect("a master serves the slot");
+        let (from_port, from_id, to_id) = (from.port, from.id.clone(), owner(to).id.clone());
+        let slot_arg = slot.to_string();
+        self.cli(
+            to,
+            &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id],
+        );
+        self.cli(
+            from_port,
+            &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id],
+        );
+        loop {
+            let keys = self.cli(from_port, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            let answer = self.cli(from_port, &args);
+            assert_eq!(answer, "OK", "MIGRATE failed");
+        }
+        for master in nodes.iter().filter(|n| n.master && !n.failed) {
+            self.cli(
+                master.port,
+                &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id],
+            );
+        }
     }
 
     /// SIGKILLs a node (a crash: no goodbye to the cluster).
