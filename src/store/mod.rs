@@ -157,15 +157,18 @@ impl Store {
         let mut calls = Vec::new();
         let mut covers = Vec::new(); // per call: (note, indexes of its members)
         for (n, note) in notes.iter().enumerate() {
-            let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-            for (m, member) in note.members.iter().enumerate() {
-                let partition = if self.is_cluster() {
-                    keys::partition_of(member)
-                } else {
-                    0
-                };
-                groups.entry(partition).or_default().push(m);
-            }
+            let groups: Vec<(usize, Vec<usize>)> = if self.is_cluster() {
+                let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+                for (m, member) in note.members.iter().enumerate() {
+                    groups
+                        .entry(keys::partition_of(member))
+                        .or_default()
+                        .push(m);
+                }
+                groups.into_iter().collect()
+            } else {
+                vec![(0, (0..note.members.len()).collect())]
+            };
             for (partition, indexes) in groups {
                 let members: Vec<&MemberId> = indexes.iter().map(|&m| &note.members[m]).collect();
                 calls.push((partition, self.publish_command(note, &members)));
@@ -304,6 +307,15 @@ impl Store {
         }
     }
 
+    /// Waits for one of the `CONCURRENT_READS` replay/history read slots.
+    async fn read_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        self.inner
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Reply("store is closing"))
+    }
+
     /// Reads up to `count` entries after `after`, with the partition epoch and whether the stream
     /// exists, in one pipelined round trip (all keys in one slot).
     pub async fn replay_head(
@@ -312,12 +324,7 @@ impl Store {
         after: StreamId,
         count: usize,
     ) -> Result<ReplayHead, StoreError> {
-        let _turn = self
-            .inner
-            .reads
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Reply("store is closing"))?;
+        let _turn = self.read_turn().await?;
         let stream = keys::stream(member);
         let (epoch, exists, entries): (Option<u64>, bool, Value) = redis::pipe()
             .hget(keys::epoch(keys::partition_of(member)), "ms")
@@ -344,12 +351,7 @@ impl Store {
         after: StreamId,
         count: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let _turn = self
-            .inner
-            .reads
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Reply("store is closing"))?;
+        let _turn = self.read_turn().await?;
         let reply: Value = redis::cmd("XRANGE")
             .arg(keys::stream(member))
             .arg(format!("({after}"))
