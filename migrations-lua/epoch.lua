@@ -1,24 +1,12 @@
--- epoch.lua: confirm or move a partition's dataset epoch when a live reader (re)connects.
+-- epoch.lua: confirm a partition's dataset epoch when a live reader (re)connects (see _epoch.lua,
+-- prepended to this script).
 --
--- KEYS[1]  n:{tag}:epoch   hash: ms = since when this partition's history is complete,
---                          replid = the replication id of the Redis that holds it
--- ARGV[1]  master_replid of the Redis the reader is connected to (INFO replication)
+-- KEYS[1]  n:{tag}:epoch   the partition's epoch hash
+-- KEYS[2]  n:{tag}:live    its fan-out stream
+-- ARGV[1]  the newest fan-out id this instance has seen in the partition ('0-0' if none)
 --
--- Returns the epoch in ms.
---
--- A new replication id means a different dataset: a restart without persistence, or a failover to
--- a replica that may lag. Writes acknowledged before it may be gone, so the epoch moves to now and
--- clients positioned before it are told `recovered: false`. An empty replid was left by the
--- publish script when it created the epoch; it is adopted without moving the epoch.
+-- Returns {epoch ms, fan-out tail or '' }: the tail when the epoch moved because Redis lost
+-- writes the instance had seen.
 
-local time = redis.call('TIME')
-local now_ms = string.format('%.0f', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
-local ms, replid = unpack(redis.call('HMGET', KEYS[1], 'ms', 'replid'))
-if not ms or (replid and replid ~= '' and replid ~= ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'ms', now_ms, 'replid', ARGV[1])
-  return now_ms
-end
-if replid ~= ARGV[1] then
-  redis.call('HSET', KEYS[1], 'replid', ARGV[1])
-end
-return ms
+local epoch, lost_at = confirm_epoch(KEYS[1], KEYS[2], ARGV[1], redis_now_ms())
+return { epoch, lost_at or '' }

@@ -18,8 +18,11 @@
 -- known, as publish.lua does for a new stream.
 --
 -- The migrated history covers the retention window, so the partition's epoch moves back to the
--- window's start if it was later (it was set when the service first met this Redis, after the old
--- system had written these entries).
+-- window's start if it was later and was only set when the service first met this Redis (origin
+-- `new`: after the old system had written these entries). An epoch that marks a proven loss
+-- (origin `lost`, or an epoch written before origins were recorded) stays: clients positioned
+-- before it missed writes this Redis no longer holds, and migrating old entries does not bring
+-- those back.
 
 local retention_ms = tonumber(ARGV[1])
 local max_len = tonumber(ARGV[2])
@@ -76,10 +79,10 @@ end
 local newest_ms = parse(merged[#merged].id)
 redis.call('PEXPIRE', KEYS[1], math.max(1, newest_ms + retention_ms - now_ms))
 
-local epoch = tonumber(redis.call('HGET', KEYS[2], 'ms'))
+local epoch, origin = unpack(redis.call('HMGET', KEYS[2], 'ms', 'origin'))
 if not epoch then
-  redis.call('HSET', KEYS[2], 'ms', string.format('%.0f', window_start), 'replid', '')
-elseif epoch > window_start then
+  redis.call('HSET', KEYS[2], 'ms', string.format('%.0f', window_start), 'origin', 'new')
+elseif origin == 'new' and tonumber(epoch) > window_start then
   redis.call('HSET', KEYS[2], 'ms', string.format('%.0f', window_start))
 end
 return { moved, already }

@@ -16,8 +16,14 @@
 -- ARGV[5]  notification type
 -- ARGV[6]  content, compact JSON text
 --
--- Returns a flat array {id_1, repeated_1, id_2, repeated_2, ...}: each member's entry id, and 1
--- when it came from an existing idempotency record (nothing was written for that member).
+-- Returns a flat array {id_1, repeated_1, live_1, id_2, ...}: each member's entry id; 1 when it
+-- came from an existing idempotency record (nothing was written for that member), else 0; and the
+-- id of the fan-out entry written for it ('' when repeated), which the instance remembers as seen
+-- (a fan-out tail that later ends before it proves that Redis lost the write, see _epoch.lua).
+--
+-- Nothing half-written: Redis does not roll back a script that fails halfway, so every key is
+-- checked before the first write. A key of another type (something else writes into our key
+-- space) fails the whole call with an error naming it, and nothing is stored.
 --
 -- Each member entry stores `p`, the id of the entry it followed, so a reader can prove that nothing
 -- between a client's position and the next retained entry was trimmed (API.md, `recovered`). Each
@@ -34,6 +40,18 @@ local min_id = string.format('%.0f-0', now_ms - retention_ms)
 -- Without a stream, no entry newer than now - retention can have existed (expiry = retention).
 local expired_prev = string.format('%.0f-0', now_ms - retention_ms + 1)
 
+local expected = { 'stream', 'stream', 'hash', 'string' }
+for i = 0, #ARGV - 7 do
+  for k = 1, per do
+    local key = KEYS[i * per + k]
+    local kind_of = redis.call('TYPE', key).ok
+    if kind_of ~= 'none' and kind_of ~= expected[k] then
+      return redis.error_reply('WRONGTYPE key ' .. key .. ' holds a ' .. kind_of .. ', not a '
+        .. expected[k] .. '; nothing was stored')
+    end
+  end
+end
+
 local live_prev = {}
 local result = {}
 for i = 0, #ARGV - 7 do
@@ -43,10 +61,11 @@ for i = 0, #ARGV - 7 do
   if existing then
     result[#result + 1] = existing
     result[#result + 1] = 1
+    result[#result + 1] = ''
   else
     if redis.call('HSETNX', epoch, 'ms', now) == 1 then
       -- No epoch: this Redis holds none of the partition's history from before now.
-      redis.call('HSET', epoch, 'replid', '')
+      redis.call('HSET', epoch, 'origin', 'new')
     end
     local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
     local prev = last[1] and last[1][1] or expired_prev
@@ -66,6 +85,7 @@ for i = 0, #ARGV - 7 do
     end
     result[#result + 1] = id
     result[#result + 1] = 0
+    result[#result + 1] = live_prev[live]
   end
 end
 return result

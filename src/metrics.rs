@@ -26,6 +26,9 @@ pub struct Handles {
     pub replayed: Counter,
     pub slow_client_disconnects: Counter,
     pub live_gaps: Counter,
+    pub replay_gaps: Counter,
+    pub data_losses: Counter,
+    pub publish_outcome_unknown: Counter,
     pub store_unavailable_subscribes: Counter,
     pub redis_errors: Family<OpLabel, Counter>,
     pub publish_seconds: Histogram,
@@ -49,6 +52,9 @@ impl Metrics {
             replayed: Counter::default(),
             slow_client_disconnects: Counter::default(),
             live_gaps: Counter::default(),
+            replay_gaps: Counter::default(),
+            data_losses: Counter::default(),
+            publish_outcome_unknown: Counter::default(),
             store_unavailable_subscribes: Counter::default(),
             redis_errors: Family::default(),
             // 100 µs .. ~3.3 s
@@ -90,6 +96,21 @@ impl Metrics {
             "live_gaps",
             "Gaps seen in a fan-out stream (subscribers sent back to resume by id)",
             metrics.live_gaps.clone(),
+        );
+        registry.register(
+            "replay_gaps",
+            "Replays ended because entries were trimmed or expired while being sent (the client resumes and learns recovered: false)",
+            metrics.replay_gaps.clone(),
+        );
+        registry.register(
+            "data_losses",
+            "Times this instance proved that Redis lost notifications it had acknowledged (the partition's epoch moved)",
+            metrics.data_losses.clone(),
+        );
+        registry.register(
+            "publish_outcome_unknown",
+            "Publishes answered 504: sent to Redis, no answer (may be stored; retry with the same Idempotency-Key)",
+            metrics.publish_outcome_unknown.clone(),
         );
         registry.register(
             "store_unavailable_subscribes",

@@ -26,7 +26,7 @@ use super::error::ApiError;
 use crate::live::Subscription;
 use crate::metrics::Metrics;
 use crate::model::{Entry, MemberId, Resume, ResumeHints, StreamId, notification_frame};
-use crate::store::ReplayHead;
+use crate::recovery;
 
 /// Entries read from a member stream per round trip: bounds the memory a replay holds.
 const REPLAY_BATCH: usize = 500;
@@ -153,10 +153,12 @@ impl Session {
             }
             Resume::After(after) => after,
         };
+        let cutoff_ms = retention_cutoff_ms(self.app.store.retention());
+        let start = recovery::replay_start(after, cutoff_ms);
         let head = match self
             .app
             .store
-            .replay_head(&self.member, after, REPLAY_BATCH)
+            .replay_head(&self.member, start, REPLAY_BATCH)
             .await
         {
             Ok(head) => head,
@@ -167,9 +169,15 @@ impl Session {
                 return out.into();
             }
         };
-        let cutoff_ms = retention_cutoff_ms(self.app.store.retention());
-        push_connected(&mut out, &self.member, recovered(after, &head, cutoff_ms));
-        self.push_entries(&mut out, &head.entries, after, cutoff_ms);
+        if head.lost {
+            self.app.metrics.data_losses.inc();
+        }
+        let verdict = recovery::judge(after, cutoff_ms, &head.snapshot, head.entries.first());
+        push_connected(&mut out, &self.member, verdict.recovered);
+        // Live delivery drops what is at or below the resume position from the start, whether
+        // or not anything is replayed: an instance whose reader lags would send it again.
+        self.last_sent = verdict.from;
+        self.push_entries(&mut out, &head.entries);
         out.into()
     }
 
@@ -184,13 +192,18 @@ impl Session {
             .await
         {
             Ok(entries) => {
+                let cutoff_ms = retention_cutoff_ms(self.app.store.retention());
+                if let Some(first) = entries.first()
+                    && !recovery::batch_follows(after, first, cutoff_ms)
+                {
+                    // Trimmed (or expired) while this client was being served: ending the stream
+                    // makes it reconnect from its last id and learn `recovered: false`.
+                    self.app.metrics.replay_gaps.inc();
+                    tracing::info!(member_id = %self.member, %after, next = %first.id, next_prev = %first.prev, "gap in a replay; closing the stream so the client resumes by id");
+                    return None;
+                }
                 let mut out = String::new();
-                self.push_entries(
-                    &mut out,
-                    &entries,
-                    after,
-                    retention_cutoff_ms(self.app.store.retention()),
-                );
+                self.push_entries(&mut out, &entries);
                 Some(out.into())
             }
             Err(error) => {
@@ -202,27 +215,21 @@ impl Session {
         }
     }
 
-    /// Frames retained entries (never one older than the retention window, trimmed or not) and
-    /// moves to the next batch, or to live delivery after a short batch.
-    fn push_entries(
-        &mut self,
-        out: &mut String,
-        entries: &[Entry],
-        after: StreamId,
-        cutoff_ms: u64,
-    ) {
+    /// Frames a batch (read from inside the retention window, continuity checked) and moves to
+    /// the next batch, or to live delivery after a short one.
+    fn push_entries(&mut self, out: &mut String, entries: &[Entry]) {
         let mut replayed = 0;
-        for entry in entries.iter().filter(|e| e.id.ms >= cutoff_ms) {
+        for entry in entries {
+            if entry.id <= self.last_sent {
+                continue; // a future position was clamped to the newest id
+            }
             out.push_str(&notification_frame(entry, &self.member));
             self.last_sent = entry.id;
             replayed += 1;
         }
         self.app.metrics.replayed.inc_by(replayed);
-        // The next batch skips what expired meanwhile instead of reading through it.
         self.phase = match entries.last() {
-            Some(last) if entries.len() == REPLAY_BATCH => Phase::Replay {
-                after: last.id.max(after).max(StreamId::before_ms(cutoff_ms)),
-            },
+            Some(last) if entries.len() == REPLAY_BATCH => Phase::Replay { after: last.id },
             _ => Phase::Live,
         };
     }
@@ -278,23 +285,6 @@ fn push_connected(out: &mut String, member: &MemberId, recovered: bool) {
         out,
         "event: connected\ndata: {{\"member_id\":\"{member}\",\"recovered\":{recovered}}}\n\n"
     );
-}
-
-/// Whether every notification after `after` is still retained (API.md, `recovered`).
-///
-/// Each entry records the id it followed when written, so the first entry after the position
-/// proves contiguity: `prev <= after` means nothing between them ever existed. Without entries
-/// after the position, an existing stream proves nothing was trimmed (trimming keeps the newest
-/// entry); a missing one expired after a whole retention window of silence, so only a position
-/// inside the window can be complete. And a position from before the dataset epoch predates data
-/// Redis may have lost.
-fn recovered(after: StreamId, head: &ReplayHead, cutoff_ms: u64) -> bool {
-    let after_epoch = head.epoch_ms.is_some_and(|epoch| after.ms >= epoch);
-    let contiguous = match head.entries.first() {
-        Some(first) => first.prev <= after && first.id.ms >= cutoff_ms,
-        None => head.stream_exists || after.ms > cutoff_ms,
-    };
-    after_epoch && contiguous
 }
 
 fn retention_cutoff_ms(retention: Duration) -> u64 {

@@ -15,13 +15,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use super::{decode, idempotency_key};
+use crate::backoff::Backoff;
 use crate::config::Kafka;
 use crate::metrics::Metrics;
 use crate::store::{NewNotification, Store};
 
 /// Records taken from the consumer's queue for one pipelined round trip to Redis.
 const MAX_BATCH: usize = 256;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Consumes until `shutdown`, then commits what was stored. Errors are logged, never fatal to the
 /// service: HTTP keeps serving if Kafka is misconfigured.
@@ -169,7 +169,7 @@ impl Ingest {
     }
 
     async fn store_all(&self, notes: &[NewNotification<'_>]) -> bool {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         loop {
             match self.store.append_batch(notes).await {
                 Ok(appended) => {
@@ -188,11 +188,16 @@ impl Ingest {
                     // Not the records' fault: nothing is committed or dead-lettered; wait for Redis.
                     self.metrics.redis_error("ingest");
                     self.metrics.kafka_paused.set(1);
-                    tracing::warn!(error = &error as &dyn std::error::Error, records = notes.len(), retry_in = ?backoff, "kafka ingestion paused: redis unavailable");
-                    if !self.sleep(backoff).await {
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        records = notes.len(),
+                        ?retry_in,
+                        "kafka ingestion paused: redis unavailable"
+                    );
+                    if !self.sleep(retry_in).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -217,7 +222,7 @@ impl Ingest {
                 key: "x-dlq-source",
                 value: Some(&source),
             });
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         loop {
             let mut record =
                 FutureRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(headers.clone());
@@ -234,11 +239,11 @@ impl Ingest {
                 }
                 Err((error, _)) => {
                     self.metrics.kafka_errors.inc();
-                    tracing::error!(%error, dlq = %self.dlq_topic, %source, retry_in = ?backoff, "dead-lettering failed; holding the partition");
-                    if !self.sleep(backoff).await {
+                    let retry_in = backoff.next_delay();
+                    tracing::error!(%error, dlq = %self.dlq_topic, %source, ?retry_in, "dead-lettering failed; holding the partition");
+                    if !self.sleep(retry_in).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! A live reader: follows a set of fan-out streams with blocking `XREAD` on its own connection,
 //! checks each entry's predecessor to detect gaps, frames each notification once and dispatches it.
-//! Reconnects with backoff and resumes from the last id it read.
+//! Reconnects with backoff (reset once it follows again) and resumes from the last id it read.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::model::StreamId;
 use crate::store::{LiveEntry, Store, StoreError};
@@ -16,7 +17,6 @@ use crate::store::{LiveEntry, Store, StoreError};
 const BLOCK: Duration = Duration::from_secs(5);
 /// Entries read per `XREAD` and stream.
 const BATCH: usize = 1_000;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Follows `partitions` until `shutdown`. Never returns early: Redis being away is waited out.
 pub async fn run(
@@ -29,25 +29,30 @@ pub async fn run(
     // Known once the first connection positioned the reader; kept across reconnects so nothing
     // appended while Redis was unreachable is skipped.
     let mut positions: Option<BTreeMap<usize, StreamId>> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         let followed = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = follow(&store, &hub, &metrics, &partitions, &mut positions, &shutdown) => result,
+            result = follow(&store, &hub, &metrics, &partitions, &mut positions, &mut backoff, &shutdown) => result,
         };
         hub.set_ready(&partitions, false);
+        let retry_in = backoff.next_delay();
         match followed {
             Ok(()) => return, // shutdown
             Err(error) => {
                 metrics.redis_error("live_read");
-                tracing::warn!(error = &error as &dyn std::error::Error, ?partitions, retry_in = ?backoff, "live reader lost redis");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    ?partitions,
+                    ?retry_in,
+                    "live reader lost redis"
+                );
             }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(retry_in) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -57,12 +62,18 @@ async fn follow(
     metrics: &Metrics,
     partitions: &[usize],
     positions: &mut Option<BTreeMap<usize, StreamId>>,
+    backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
     let first = partitions.first().copied().unwrap_or_default();
     let mut feed = store.feed(first, BLOCK).await?;
     for &partition in partitions {
-        feed.confirm_epoch(partition).await?;
+        if feed.confirm_epoch(partition).await? {
+            // Redis lost writes this instance saw: its streams there may have delivered them,
+            // so they resume by id and are told `recovered: false`.
+            metrics.data_losses.inc();
+            hub.reset(partition);
+        }
     }
     let positions = match positions {
         Some(positions) => {
@@ -88,6 +99,7 @@ async fn follow(
         }
     };
     hub.set_ready(partitions, true);
+    backoff.reset();
     tracing::info!(?partitions, "live reader following redis");
     loop {
         let batches = tokio::select! {

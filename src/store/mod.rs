@@ -15,7 +15,7 @@ mod scripts;
 mod topology;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{PublishWait, RedisTarget};
 use crate::model::{Entry, MemberId, StreamId};
+use crate::recovery::Snapshot;
 use topology::{Commands, Redis};
 
 /// Approximate length each fan-out stream is trimmed to. A reader that falls further behind sees
@@ -42,6 +43,22 @@ pub enum StoreError {
     Reply(&'static str),
     #[error("stored, but only {acked} of {wanted} replicas confirmed it in time")]
     NotReplicated { acked: i64, wanted: u32 },
+}
+
+impl StoreError {
+    /// Whether a write may have been applied although it failed: it was sent and no answer came
+    /// back (a timeout, a connection lost in flight), or it was stored without the replicas asked
+    /// for. Anything else (Redis refused the connection, or answered with an error) wrote nothing.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Self::Redis(error) => {
+                error.is_timeout()
+                    || (error.is_connection_dropped() && !error.is_connection_refusal())
+            }
+            Self::Reply(_) => false,
+            Self::NotReplicated { .. } => true,
+        }
+    }
 }
 
 /// A notification to append to one or more member streams.
@@ -64,15 +81,13 @@ pub struct Appended {
     pub repeated: usize,
 }
 
-/// The first page of a replay, read in one round trip with what `recovered` needs.
+/// The first page of a replay, read in one atomic step with what `recovered` needs.
 #[derive(Debug)]
 pub struct ReplayHead {
-    /// Since when this partition's history is complete; `None` when Redis has no epoch yet
-    /// (nothing was published since it started empty).
-    pub epoch_ms: Option<u64>,
-    /// Whether the member stream exists at all (it expires after a retention window of silence).
-    pub stream_exists: bool,
+    pub snapshot: Snapshot,
     pub entries: Vec<Entry>,
+    /// This read proved that Redis lost writes this instance had seen, and moved the epoch.
+    pub lost: bool,
 }
 
 /// Replay and history reads in flight at once. A reconnect storm (every browser of a restarted
@@ -92,6 +107,9 @@ struct Inner {
     retention: Duration,
     max_per_member: u64,
     publish_wait: Option<PublishWait>,
+    /// Per partition, the newest fan-out id this instance has seen (acknowledged to it or read
+    /// by its live reader): if the fan-out stream ever ends before it, Redis lost writes.
+    seen: [Mutex<StreamId>; keys::PARTITIONS],
 }
 
 impl Store {
@@ -110,8 +128,35 @@ impl Store {
                 retention,
                 max_per_member,
                 publish_wait,
+                seen: Default::default(),
             }),
         })
+    }
+
+    /// The newest fan-out id of `partition` this instance has seen.
+    pub fn seen(&self, partition: usize) -> StreamId {
+        *self.inner.seen[partition]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn see(&self, partition: usize, id: StreamId) {
+        let mut seen = self.inner.seen[partition]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *seen = (*seen).max(id);
+    }
+
+    /// After a proven loss moved the epoch: what was seen beyond `tail` is gone, so it no longer
+    /// counts (unless something newer was seen meanwhile); otherwise every read would move the
+    /// epoch again until the stream grew past the lost ids.
+    fn forget_lost(&self, partition: usize, was: StreamId, tail: StreamId) {
+        let mut seen = self.inner.seen[partition]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *seen <= was {
+            *seen = tail;
+        }
     }
 
     /// Whether Redis is a cluster: then each partition is read by a reader of its own.
@@ -188,8 +233,11 @@ impl Store {
             .collect();
         for ((n, indexes), reply) in covers.into_iter().zip(replies) {
             let part = appended(reply, indexes.len())?;
-            for (id, m) in part.ids.into_iter().zip(indexes) {
+            for ((id, fanout), m) in part.ids.into_iter().zip(part.fanout).zip(indexes) {
                 out[n].ids[m] = id;
+                if let Some(fanout) = fanout {
+                    self.see(keys::partition_of(&notes[n].members[m]), fanout);
+                }
             }
             out[n].created |= part.created;
             out[n].repeated += part.repeated;
@@ -316,31 +364,46 @@ impl Store {
             .map_err(|_| StoreError::Reply("store is closing"))
     }
 
-    /// Reads up to `count` entries after `after`, with the partition epoch and whether the stream
-    /// exists, in one pipelined round trip (all keys in one slot).
+    /// Reads up to `count` entries after `start`, with the partition's epoch (confirmed against
+    /// what this instance has seen, on the Redis that serves the read), Redis's clock and the
+    /// stream's newest id, in one atomic step (`replay.lua`; all keys in one slot).
     pub async fn replay_head(
         &self,
         member: &MemberId,
-        after: StreamId,
+        start: StreamId,
         count: usize,
     ) -> Result<ReplayHead, StoreError> {
         let _turn = self.read_turn().await?;
-        let stream = keys::stream(member);
-        let (epoch, exists, entries): (Option<u64>, bool, Value) = redis::pipe()
-            .hget(keys::epoch(keys::partition_of(member)), "ms")
-            .exists(&stream)
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
+        let partition = keys::partition_of(member);
+        let seen = self.seen(partition);
+        let reply: Value = scripts::REPLAY
+            .key(keys::stream(member))
+            .key(keys::epoch(partition))
+            .key(keys::fanout(partition))
+            .arg(start.to_string())
             .arg(count)
-            .query_async(&mut self.commands().await?)
+            .arg(seen.to_string())
+            .invoke_async(&mut self.commands().await?)
             .await?;
+        let Value::Array(reply) = reply else {
+            return Err(StoreError::Reply("replay script did not return an array"));
+        };
+        let [epoch, now, newest, entries, lost_at]: [Value; 5] = reply
+            .try_into()
+            .map_err(|_| StoreError::Reply("replay script returned the wrong shape"))?;
+        let lost_at = optional_id(&lost_at)?;
+        if let Some(tail) = lost_at {
+            self.forget_lost(partition, seen, tail);
+            tracing::warn!(partition, %seen, %tail, "redis lost acknowledged notifications; clients positioned before now will be told recovered: false");
+        }
         Ok(ReplayHead {
-            epoch_ms: epoch,
-            stream_exists: exists,
+            snapshot: Snapshot {
+                epoch_ms: number(&epoch)?,
+                now_ms: number(&now)?,
+                newest: optional_id(&newest)?,
+            },
             entries: member_entries(entries)?,
+            lost: lost_at.is_some(),
         })
     }
 
@@ -372,7 +435,11 @@ impl Store {
             .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
         let slot = keys::slot(keys::fanout(partition).as_bytes());
         let conn = self.inner.redis.dedicated(slot, &config).await?;
-        Ok(Feed { conn, block })
+        Ok(Feed {
+            conn,
+            block,
+            store: self.clone(),
+        })
     }
 }
 
@@ -392,28 +459,29 @@ pub struct LiveEntry {
 pub struct Feed {
     conn: MultiplexedConnection,
     block: Duration,
+    store: Store,
 }
 
 impl Feed {
-    /// Confirms a partition's dataset epoch for the Redis this connection reached (`epoch.lua`).
-    pub async fn confirm_epoch(&mut self, partition: usize) -> Result<u64, StoreError> {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut self.conn)
-            .await?;
-        let replid = info
-            .lines()
-            .find_map(|line| line.strip_prefix("master_replid:"))
-            .map(str::trim)
-            .ok_or(StoreError::Reply("INFO replication has no master_replid"))?;
-        let epoch: String = scripts::EPOCH
+    /// Confirms a partition's dataset epoch on the Redis this connection reached (`epoch.lua`):
+    /// creates it on a dataset without one, moves it to now when the fan-out stream ends before
+    /// what this instance has seen. Returns whether Redis lost writes the instance had seen.
+    pub async fn confirm_epoch(&mut self, partition: usize) -> Result<bool, StoreError> {
+        let seen = self.store.seen(partition);
+        let reply: (String, String) = scripts::EPOCH
             .key(keys::epoch(partition))
-            .arg(replid)
+            .key(keys::fanout(partition))
+            .arg(seen.to_string())
             .invoke_async(&mut self.conn)
             .await?;
-        epoch
-            .parse()
-            .map_err(|_| StoreError::Reply("epoch is not a number"))
+        match parse_optional_id(reply.1.as_bytes())? {
+            Some(tail) => {
+                self.store.forget_lost(partition, seen, tail);
+                tracing::warn!(partition, %seen, %tail, "redis lost acknowledged notifications; clients positioned before now will be told recovered: false");
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// The id of the newest entry of a partition's fan-out stream (`0-0` when empty).
@@ -475,37 +543,51 @@ impl Feed {
                 .ok_or(StoreError::Reply(
                     "XREAD returned a stream it was not asked for",
                 ))?;
-            let live = entries(entries_value)?
+            let live: Vec<LiveEntry> = entries(entries_value)?
                 .into_iter()
                 .map(live_entry)
                 .collect::<Result<_, _>>()?;
+            if let Some(last) = live.last() {
+                self.store.see(partition, last.id);
+            }
             batches.push((partition, live));
         }
         Ok(batches)
     }
 }
 
-/// Parses the script's `{id, repeated, id, repeated, ...}`.
-fn appended(reply: Value, members: usize) -> Result<Appended, StoreError> {
+/// What one publish script call stored, in member order.
+struct ScriptAppended {
+    ids: Vec<StreamId>,
+    /// The fan-out entry written for each member; `None` for a repeat.
+    fanout: Vec<Option<StreamId>>,
+    created: bool,
+    repeated: usize,
+}
+
+/// Parses the script's `{id, repeated, fan-out id, id, ...}`.
+fn appended(reply: Value, members: usize) -> Result<ScriptAppended, StoreError> {
     let Value::Array(reply) = reply else {
         return Err(StoreError::Reply("publish script did not return an array"));
     };
-    if reply.len() != 2 * members {
+    if reply.len() != 3 * members {
         return Err(StoreError::Reply(
             "publish script returned the wrong number of ids",
         ));
     }
-    let mut appended = Appended {
+    let mut appended = ScriptAppended {
         ids: Vec::with_capacity(members),
+        fanout: Vec::with_capacity(members),
         created: false,
         repeated: 0,
     };
-    for pair in reply.chunks_exact(2) {
-        appended.ids.push(stream_id(&pair[0])?);
-        match pair[1] {
+    for triple in reply.chunks_exact(3) {
+        appended.ids.push(stream_id(&triple[0])?);
+        match triple[1] {
             Value::Int(0) => appended.created = true,
             _ => appended.repeated += 1,
         }
+        appended.fanout.push(optional_id(&triple[2])?);
     }
     Ok(appended)
 }
@@ -610,6 +692,33 @@ fn stream_id(value: &Value) -> Result<StreamId, StoreError> {
         Value::SimpleString(s) => parse_id(s.as_bytes()),
         _ => Err(StoreError::Reply("stream id is not a string")),
     }
+}
+
+/// A script's id-or-empty-string.
+fn optional_id(value: &Value) -> Result<Option<StreamId>, StoreError> {
+    match value {
+        Value::BulkString(bytes) => parse_optional_id(bytes),
+        Value::SimpleString(s) => parse_optional_id(s.as_bytes()),
+        _ => Err(StoreError::Reply("stream id is not a string")),
+    }
+}
+
+fn parse_optional_id(bytes: &[u8]) -> Result<Option<StreamId>, StoreError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    parse_id(bytes).map(Some)
+}
+
+/// A decimal number a script returned as a string (Lua numbers lose precision past 2^53).
+fn number(value: &Value) -> Result<u64, StoreError> {
+    let parsed = match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()),
+        Value::SimpleString(s) => s.parse().ok(),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    parsed.ok_or(StoreError::Reply("expected a decimal number"))
 }
 
 fn parse_id(bytes: &[u8]) -> Result<StreamId, StoreError> {

@@ -5,9 +5,22 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// The dataset-epoch functions both epoch scripts share (a Lua prelude, not a script).
+macro_rules! with_epoch_prelude {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../migrations-lua/_epoch.lua"),
+            "\n",
+            include_str!(concat!("../../migrations-lua/", $file))
+        )
+    };
+}
+
 pub static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../migrations-lua/publish.lua")));
 pub static EPOCH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../../migrations-lua/epoch.lua")));
+    LazyLock::new(|| Script::new(with_epoch_prelude!("epoch.lua")));
+pub static REPLAY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(with_epoch_prelude!("replay.lua")));
 pub static MIGRATE_ZSET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../migrations-lua/migrate_zset.lua")));

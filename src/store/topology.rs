@@ -6,15 +6,24 @@
 //! topology changes). Blocking reads get a dedicated connection to the server that holds the slot
 //! they read ([`Redis::dedicated`]), found again after every failure, so a failover or a slot move
 //! is followed by reconnecting.
+//!
+//! The standalone command connection speaks RESP3, so the manager hears at once when Redis drops
+//! it (a restart) and reconnects before the next command, instead of failing that command. A
+//! command refused at connect time provably never reached Redis and is sent once more; a command
+//! that timed out replaces the connection (the manager keeps one that silently stopped answering,
+//! e.g. behind a blackholed route, for as long as TCP takes to give up).
 
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
-    Pipeline, RedisFuture, Value,
+    Pipeline, ProtocolVersion, RedisError, RedisFuture, RedisResult, Value,
 };
 use tokio::sync::OnceCell;
 
@@ -24,14 +33,27 @@ use crate::config::RedisTarget;
 /// The connection(s) commands are sent on; a cheap clone.
 #[derive(Clone)]
 pub enum Commands {
-    Single(ConnectionManager),
+    Single {
+        conn: ConnectionManager,
+        owner: Arc<Standalone>,
+    },
     Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Single { conn, owner } => Box::pin(async move {
+                let mut result = conn.req_packed_command(cmd).await;
+                if result
+                    .as_ref()
+                    .is_err_and(RedisError::is_connection_refusal)
+                {
+                    result = conn.req_packed_command(cmd).await; // never sent; reconnected since
+                }
+                owner.observe(&result);
+                result
+            }),
             Self::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -43,17 +65,98 @@ impl ConnectionLike for Commands {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Single { conn, owner } => Box::pin(async move {
+                let mut result = conn.req_packed_commands(pipeline, offset, count).await;
+                if result
+                    .as_ref()
+                    .is_err_and(RedisError::is_connection_refusal)
+                {
+                    result = conn.req_packed_commands(pipeline, offset, count).await;
+                }
+                owner.observe(&result);
+                result
+            }),
             Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Single(conn) => conn.get_db(),
+            Self::Single { conn, .. } => conn.get_db(),
             Self::Cluster(conn) => conn.get_db(),
         }
     }
+}
+
+/// A standalone server's command connection, replaced when a command times out.
+pub struct Standalone {
+    client: Client,
+    current: RwLock<ConnectionManager>,
+    /// When the connection was last replaced: at most once per response timeout, so a stall
+    /// that times out many commands at once opens one new connection, not one per command.
+    replaced_at: Mutex<Instant>,
+}
+
+impl Standalone {
+    fn open(url: &str) -> Result<Self, StoreError> {
+        let info = url.into_connection_info()?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))?;
+        let current = RwLock::new(manager(&client)?);
+        Ok(Self {
+            client,
+            current,
+            replaced_at: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn commands(self: &Arc<Self>) -> Commands {
+        let conn = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Commands::Single {
+            conn,
+            owner: self.clone(),
+        }
+    }
+
+    fn observe<T>(&self, result: &RedisResult<T>) {
+        if !result.as_ref().is_err_and(RedisError::is_timeout) {
+            return;
+        }
+        let mut replaced_at = self
+            .replaced_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if replaced_at.elapsed() < RESPONSE_TIMEOUT {
+            return;
+        }
+        match manager(&self.client) {
+            Ok(fresh) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                *replaced_at = Instant::now();
+                tracing::warn!("redis stopped answering in time; opened a new command connection");
+            }
+            Err(error) => tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "could not replace the redis command connection"
+            ),
+        }
+    }
+}
+
+fn manager(client: &Client) -> RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(std::time::Duration::from_secs(1));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 #[expect(
@@ -61,10 +164,7 @@ impl ConnectionLike for Commands {
     reason = "one per instance, behind the store's Arc"
 )]
 pub enum Redis {
-    Standalone {
-        client: Client,
-        commands: ConnectionManager,
-    },
+    Standalone(Arc<Standalone>),
     Cluster {
         client: ClusterClient,
         /// The first seed node: its credentials and settings serve every node found later.
@@ -78,16 +178,7 @@ impl Redis {
     /// Prepares the connections without connecting.
     pub fn open(target: &RedisTarget) -> Result<Self, StoreError> {
         match target {
-            RedisTarget::Standalone(url) => {
-                let client = Client::open(url.as_str())?;
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_number_of_retries(1)
-                    .set_max_delay(std::time::Duration::from_secs(1));
-                let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-                Ok(Self::Standalone { client, commands })
-            }
+            RedisTarget::Standalone(url) => Ok(Self::Standalone(Arc::new(Standalone::open(url)?))),
             RedisTarget::Cluster(nodes) => {
                 let seed = nodes
                     .first()
@@ -114,7 +205,7 @@ impl Redis {
 
     pub async fn commands(&self) -> Result<Commands, StoreError> {
         match self {
-            Self::Standalone { commands, .. } => Ok(Commands::Single(commands.clone())),
+            Self::Standalone(standalone) => Ok(standalone.commands()),
             Self::Cluster {
                 client, commands, ..
             } => {
@@ -134,7 +225,7 @@ impl Redis {
         config: &AsyncConnectionConfig,
     ) -> Result<MultiplexedConnection, StoreError> {
         let client = match self {
-            Self::Standalone { client, .. } => client.clone(),
+            Self::Standalone(standalone) => standalone.client.clone(),
             Self::Cluster { seed, .. } => {
                 let (host, port) = self.master_of(slot).await?;
                 Client::open(at(seed, host, port)?)?
@@ -148,7 +239,9 @@ impl Redis {
     /// Every server holding keys: the standalone server, or each cluster master.
     pub async fn masters(&self) -> Result<Vec<ConnectionInfo>, StoreError> {
         match self {
-            Self::Standalone { client, .. } => Ok(vec![client.get_connection_info().clone()]),
+            Self::Standalone(standalone) => {
+                Ok(vec![standalone.client.get_connection_info().clone()])
+            }
             Self::Cluster { seed, .. } => {
                 let mut masters = Vec::new();
                 for range in self.slot_ranges().await? {
@@ -184,7 +277,7 @@ impl Redis {
                 ConnectionAddr::Tcp(host, _) => host.clone(),
                 _ => String::new(),
             },
-            Self::Standalone { .. } => String::new(),
+            Self::Standalone(_) => String::new(),
         };
         slot_ranges(reply, &seed_host)
     }

@@ -1,0 +1,22 @@
+-- replay.lua: the first page of a member's replay and everything `recovered` needs, read in one
+-- atomic step on the Redis that serves it (see _epoch.lua, prepended to this script).
+--
+-- KEYS[1]  n:{tag}:s:<member>   the member's stream
+-- KEYS[2]  n:{tag}:epoch        its partition's epoch hash
+-- KEYS[3]  n:{tag}:live         its partition's fan-out stream
+-- ARGV[1]  replay start: entries strictly after this id
+-- ARGV[2]  how many entries to return at most
+-- ARGV[3]  the newest fan-out id this instance has seen in the partition ('0-0' if none)
+--
+-- Returns {epoch ms, Redis time ms, newest member-stream id or '', entries (as XRANGE),
+-- fan-out tail or ''}: the tail when the epoch moved because Redis lost writes the instance saw.
+--
+-- The epoch is confirmed here, not only when a live reader reconnects: after a failover the
+-- command connection may reach the promoted replica seconds before the reader does, and a
+-- client judged in between must already see the loss.
+
+local now_ms = redis_now_ms()
+local epoch, lost_at = confirm_epoch(KEYS[2], KEYS[3], ARGV[3], now_ms)
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+return { epoch, now_ms, newest[1] and newest[1][1] or '', entries, lost_at or '' }
