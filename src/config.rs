@@ -8,6 +8,9 @@ use std::time::Duration;
 use axum::http::HeaderValue;
 use clap::Parser;
 
+/// Ten years: `now − retention` stays a valid stream id, and the key expiry a valid `PEXPIRE`.
+const MAX_RETENTION_SECS: u64 = 10 * 365 * 86_400;
+
 /// Every setting is an environment variable and a `--kebab-case` flag; the flag wins.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sse-notify", version, about, args_override_self = true)]
@@ -250,8 +253,13 @@ pub enum ConfigError {
     AuthMode(String),
     #[error("JWT_SECRET is required when AUTH_MODE=jwt")]
     MissingJwtSecret,
-    #[error("{0} must be greater than zero")]
-    Zero(&'static str),
+    #[error("{name} must be from {min} to {max}, not {value}")]
+    OutOfRange {
+        name: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
     #[error("CORS_ORIGINS entry {0:?} is not a valid origin (e.g. https://app.example.com)")]
     CorsOrigin(String),
     #[error("REDIS_URL {0:?} is not a redis://, rediss:// or redis+cluster:// URL")]
@@ -278,20 +286,39 @@ impl TryFrom<Args> for Config {
             "gateway" => Auth::Gateway,
             other => return Err(ConfigError::AuthMode(other.to_owned())),
         };
-        for (name, value) in [
-            ("RETENTION_SECS", args.retention_secs),
-            ("MAX_PER_MEMBER", args.max_per_member),
-            ("HEARTBEAT_SECS", args.heartbeat_secs),
-            ("RETRY_MS", args.retry_ms),
+        // Bounded here, so that no Redis command can be given a value it rejects halfway through a
+        // script (a write that fails after the first one is not rolled back).
+        for (name, value, min, max) in [
+            ("RETENTION_SECS", args.retention_secs, 1, MAX_RETENTION_SECS),
+            ("MAX_PER_MEMBER", args.max_per_member, 1, 1_000_000),
+            ("HEARTBEAT_SECS", args.heartbeat_secs, 1, 3_600),
+            ("RETRY_MS", args.retry_ms, 1, 600_000),
+            (
+                "PUBLISH_WAIT_REPLICAS",
+                u64::from(args.publish_wait_replicas),
+                0,
+                16,
+            ),
+            (
+                "PUBLISH_WAIT_TIMEOUT_MS",
+                args.publish_wait_timeout_ms,
+                1,
+                60_000,
+            ),
         ] {
-            if value == 0 {
-                return Err(ConfigError::Zero(name));
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    value,
+                    min,
+                    max,
+                });
             }
         }
         let redis = RedisTarget::new(&args.redis_url, &args.redis_cluster_nodes)?;
         let publish_wait = (args.publish_wait_replicas > 0).then(|| PublishWait {
             replicas: args.publish_wait_replicas,
-            timeout: Duration::from_millis(args.publish_wait_timeout_ms.max(1)),
+            timeout: Duration::from_millis(args.publish_wait_timeout_ms),
         });
         let cors_origins = args
             .cors_origins
@@ -401,7 +428,24 @@ mod tests {
         .unwrap();
         assert_eq!(config.cors_origins.len(), 2);
         assert!(parse(&["--auth-mode", "gateway", "--cors-origins", "a.test"]).is_err());
-        assert!(parse(&["--auth-mode", "gateway", "--retention-secs", "0"]).is_err());
+        for (flag, bad) in [
+            ("--retention-secs", "0"),
+            ("--retention-secs", "315360001"),
+            ("--retention-secs", "18446744073709551615"),
+            ("--max-per-member", "0"),
+            ("--max-per-member", "1000001"),
+            ("--heartbeat-secs", "0"),
+            ("--retry-ms", "0"),
+            ("--publish-wait-replicas", "17"),
+            ("--publish-wait-timeout-ms", "0"),
+        ] {
+            let error = parse(&["--auth-mode", "gateway", flag, bad]).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::OutOfRange { .. }),
+                "{flag} {bad}: {error}"
+            );
+        }
+        assert!(parse(&["--auth-mode", "gateway", "--retention-secs", "315360000"]).is_ok());
         assert!(parse(&["--auth-mode", "gateway", "--redis-url", "localhost:6379"]).is_err());
     }
 

@@ -57,6 +57,17 @@ pub struct InvalidStreamId;
 
 impl StreamId {
     pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+    /// The last possible id: nothing can follow it, so Redis refuses a range starting after it.
+    pub const MAX: StreamId = StreamId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+
+    /// A client's position (`Last-Event-ID`, `lastEventId`, `after`): a stream id that something
+    /// can follow.
+    pub fn parse_position(s: &str) -> Option<Self> {
+        s.parse().ok().filter(|id| *id != Self::MAX)
+    }
 
     pub const fn new(ms: u64, seq: u64) -> Self {
         Self { ms, seq }
@@ -132,13 +143,13 @@ impl Resume {
     /// First non-empty hint wins; a malformed one is an error, never a silent fresh start.
     pub fn from_hints(hints: ResumeHints<'_>) -> Result<Self, InvalidResume> {
         if let Some(id) = present(hints.last_event_id_header) {
-            let id = id.parse().map_err(|_| InvalidResume::StreamId {
+            let id = StreamId::parse_position(id).ok_or(InvalidResume::StreamId {
                 source_name: "Last-Event-ID",
             })?;
             return Ok(Self::After(id));
         }
         if let Some(id) = present(hints.last_event_id_query) {
-            let id = id.parse().map_err(|_| InvalidResume::StreamId {
+            let id = StreamId::parse_position(id).ok_or(InvalidResume::StreamId {
                 source_name: "lastEventId",
             })?;
             return Ok(Self::After(id));
@@ -293,6 +304,7 @@ mod tests {
             "+1-0",
             "1 -0",
             "99999999999999999999-0",
+            "18446744073709551615-18446744073709551615",
         ] {
             let hints = ResumeHints {
                 last_event_id_header: Some(bad),

@@ -18,8 +18,14 @@ pub enum ApiError {
     NotFound,
     #[error("request body is larger than 64 KiB")]
     PayloadTooLarge,
+    /// Nothing was stored (Redis refused the connection or answered with an error).
     #[error("notification store unavailable")]
     StoreUnavailable(#[from] StoreError),
+    /// The write was sent and no answer came back: it may or may not be stored.
+    #[error(
+        "the notification store did not answer in time: the notification may or may not be stored; retry with the same Idempotency-Key"
+    )]
+    OutcomeUnknown(StoreError),
 }
 
 impl ApiError {
@@ -36,6 +42,7 @@ impl IntoResponse for ApiError {
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Self::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
         };
         if status.is_server_error() {
             // Logged once, here, with the cause chain; the client only sees the summary.

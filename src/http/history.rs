@@ -24,9 +24,8 @@ pub async fn page(
     let Query(query) = query?;
     let after = match query.get("after").map(String::as_str) {
         None | Some("") => StreamId::ZERO,
-        Some(raw) => raw
-            .parse()
-            .map_err(|_| ApiError::bad_request("after must be a stream id <ms>-<seq>"))?,
+        Some(raw) => StreamId::parse_position(raw)
+            .ok_or_else(|| ApiError::bad_request("after must be a stream id <ms>-<seq>"))?,
     };
     let limit = match query.get("limit") {
         None => DEFAULT_LIMIT,

@@ -14,11 +14,13 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready to serve: Redis answers and every live reader follows its fan-out streams.
+/// Ready to serve: Redis answers, every live reader follows its fan-out streams, and Redis does
+/// not evict keys (an evicted notification would be lost without a trace).
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let redis = app.store.ping().await;
     let live = app.live.is_ready();
-    let status = if redis.is_ok() && live {
+    let evicting = app.store.any_may_evict();
+    let status = if redis.is_ok() && live && !evicting {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -30,11 +32,16 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
             "not ready: redis unreachable"
         );
     }
-    let body = json!({
+    let mut body = json!({
         "status": if status.is_success() { "ready" } else { "unavailable" },
         "redis": redis.is_ok(),
         "live": live,
     });
+    if evicting {
+        body["error"] = json!(
+            "redis maxmemory-policy evicts keys: set maxmemory-policy noeviction (an evicted member stream would look expired, and its notifications be lost without a trace)"
+        );
+    }
     (status, Json(body)).into_response()
 }
 

@@ -63,11 +63,15 @@ pub async fn publish(
         content: &content,
         idempotency_key,
     };
-    let appended = app
-        .store
-        .append(&note)
-        .await
-        .inspect_err(|_| app.metrics.redis_error("publish"))?;
+    let appended = app.store.append(&note).await.map_err(|error| {
+        app.metrics.redis_error("publish");
+        if error.outcome_unknown() {
+            app.metrics.publish_outcome_unknown.inc();
+            ApiError::OutcomeUnknown(error)
+        } else {
+            ApiError::StoreUnavailable(error)
+        }
+    })?;
     app.metrics
         .publish_seconds
         .observe(started.elapsed().as_secs_f64());

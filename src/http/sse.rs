@@ -27,6 +27,7 @@ use crate::live::Subscription;
 use crate::metrics::Metrics;
 use crate::model::{Entry, MemberId, Resume, ResumeHints, StreamId, notification_frame};
 use crate::recovery;
+use crate::store::keys::partition_of;
 
 /// Entries read from a member stream per round trip: bounds the memory a replay holds.
 const REPLAY_BATCH: usize = 500;
@@ -172,7 +173,9 @@ impl Session {
         if head.lost {
             self.app.metrics.data_losses.inc();
         }
-        let verdict = recovery::judge(after, cutoff_ms, &head.snapshot, head.entries.first());
+        let mut verdict = recovery::judge(after, cutoff_ms, &head.snapshot, head.entries.first());
+        // An evicted stream looks like an expired one: nothing can be vouched for.
+        verdict.recovered &= !self.app.store.may_evict(partition_of(&self.member));
         push_connected(&mut out, &self.member, verdict.recovered);
         // Live delivery drops what is at or below the resume position from the start, whether
         // or not anything is replayed: an instance whose reader lags would send it again.

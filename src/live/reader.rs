@@ -11,12 +11,14 @@ use super::Hub;
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::model::StreamId;
-use crate::store::{LiveEntry, Store, StoreError};
+use crate::store::{Feed, LiveEntry, Store, StoreError};
 
 /// How long one `XREAD` blocks: also how soon a silently dead connection is noticed.
 const BLOCK: Duration = Duration::from_secs(5);
 /// Entries read per `XREAD` and stream.
 const BATCH: usize = 1_000;
+/// How often the reader checks that Redis still does not evict keys (`CONFIG SET` at run time).
+const POLICY_CHECK: Duration = Duration::from_secs(10);
 
 /// Follows `partitions` until `shutdown`. Never returns early: Redis being away is waited out.
 pub async fn run(
@@ -67,6 +69,8 @@ async fn follow(
 ) -> Result<(), StoreError> {
     let first = partitions.first().copied().unwrap_or_default();
     let mut feed = store.feed(first, BLOCK).await?;
+    check_eviction_policy(&mut feed, partitions, false).await?;
+    let mut policy_checked = tokio::time::Instant::now();
     for &partition in partitions {
         if feed.confirm_epoch(partition).await? {
             // Redis lost writes this instance saw: its streams there may have delivered them,
@@ -106,6 +110,10 @@ async fn follow(
             () = shutdown.cancelled() => return Ok(()),
             read = feed.read(positions, BATCH) => read?,
         };
+        if policy_checked.elapsed() >= POLICY_CHECK {
+            check_eviction_policy(&mut feed, partitions, true).await?;
+            policy_checked = tokio::time::Instant::now();
+        }
         for (partition, entries) in batches {
             let Some(position) = positions.get_mut(&partition) else {
                 continue;
@@ -121,6 +129,22 @@ async fn follow(
             hub.dispatch(partition, entries);
         }
     }
+}
+
+/// Records whether Redis may evict keys; says so once per connection (or when it changes).
+async fn check_eviction_policy(
+    feed: &mut Feed,
+    partitions: &[usize],
+    quiet_if_unchanged: bool,
+) -> Result<(), StoreError> {
+    let before = partitions.iter().any(|&p| feed.store().may_evict(p));
+    let policy = feed.eviction_policy(partitions).await?;
+    if let Some(policy) = &policy
+        && !(quiet_if_unchanged && before)
+    {
+        tracing::error!(maxmemory_policy = %policy, ?partitions, "redis may evict keys: an evicted member stream looks like an expired one, so replays cannot be vouched for (recovered: false) and /readyz answers 503; set maxmemory-policy noeviction");
+    }
+    Ok(())
 }
 
 /// Time from append (the entry id's milliseconds) to being read here.

@@ -15,6 +15,7 @@ mod scripts;
 mod topology;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -110,6 +111,10 @@ struct Inner {
     /// Per partition, the newest fan-out id this instance has seen (acknowledged to it or read
     /// by its live reader): if the fan-out stream ever ends before it, Redis lost writes.
     seen: [Mutex<StreamId>; keys::PARTITIONS],
+    /// Per partition, whether its Redis may evict keys (`maxmemory-policy` other than
+    /// `noeviction`): an evicted member stream would look like one that expired, so no replay
+    /// there can be vouched for.
+    evicting: [AtomicBool; keys::PARTITIONS],
 }
 
 impl Store {
@@ -129,8 +134,19 @@ impl Store {
                 max_per_member,
                 publish_wait,
                 seen: Default::default(),
+                evicting: Default::default(),
             }),
         })
+    }
+
+    /// Whether the Redis serving `partition` may evict keys (as last checked by its reader).
+    pub fn may_evict(&self, partition: usize) -> bool {
+        self.inner.evicting[partition].load(Ordering::Relaxed)
+    }
+
+    /// Whether any partition's Redis may evict keys.
+    pub fn any_may_evict(&self) -> bool {
+        (0..keys::PARTITIONS).any(|p| self.may_evict(p))
     }
 
     /// The newest fan-out id of `partition` this instance has seen.
@@ -463,6 +479,10 @@ pub struct Feed {
 }
 
 impl Feed {
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Confirms a partition's dataset epoch on the Redis this connection reached (`epoch.lua`):
     /// creates it on a dataset without one, moves it to now when the fan-out stream ends before
     /// what this instance has seen. Returns whether Redis lost writes the instance had seen.
@@ -482,6 +502,28 @@ impl Feed {
             }
             None => Ok(false),
         }
+    }
+
+    /// The `maxmemory-policy` of the Redis this connection reached when it may evict keys (any
+    /// policy but `noeviction`), else `None`. Recorded for `partitions`.
+    pub async fn eviction_policy(
+        &mut self,
+        partitions: &[usize],
+    ) -> Result<Option<String>, StoreError> {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut self.conn)
+            .await?;
+        let policy = info
+            .lines()
+            .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+            .map(str::trim)
+            .ok_or(StoreError::Reply("INFO memory has no maxmemory_policy"))?;
+        let evicting = policy != "noeviction";
+        for &partition in partitions {
+            self.store.inner.evicting[partition].store(evicting, Ordering::Relaxed);
+        }
+        Ok(evicting.then(|| policy.to_owned()))
     }
 
     /// The id of the newest entry of a partition's fan-out stream (`0-0` when empty).

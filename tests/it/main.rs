@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod compose;
 mod connection;
+mod exactness;
 mod history;
 mod kafka;
 mod migrate;

@@ -39,7 +39,7 @@ async fn old_entry(
     let _: () = conn.zadd(member, entry, time).await.expect("test setup");
 }
 
-async fn migrate_all(redis: &RedisServer, dry_run: bool) -> Report {
+pub(crate) async fn migrate_all(redis: &RedisServer, dry_run: bool) -> Report {
     let store = Store::new(
         &RedisTarget::Standalone(redis.url()),
         RETENTION,

@@ -31,6 +31,17 @@ impl TestApp {
     }
 
     pub async fn start_on(addr: &str, redis_url: &str, extra: &[&str]) -> Self {
+        let app = Self::spawn_on(addr, redis_url, extra).await;
+        app.wait_ready().await;
+        app
+    }
+
+    /// Starts an instance without waiting for it to be ready.
+    pub async fn spawn(redis_url: &str, extra: &[&str]) -> Self {
+        Self::spawn_on("127.0.0.1:0", redis_url, extra).await
+    }
+
+    async fn spawn_on(addr: &str, redis_url: &str, extra: &[&str]) -> Self {
         let listener = TcpListener::bind(addr)
             .await
             .expect("bind the test listener");
@@ -52,14 +63,12 @@ impl TestApp {
             .expect("test config is valid");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(sse_notify::app::run(config, listener, shutdown.clone()));
-        let app = Self {
+        Self {
             url,
             shutdown,
             handle,
             client: reqwest::Client::new(),
-        };
-        app.wait_ready().await;
-        app
+        }
     }
 
     /// Waits (bounded) until `/readyz` says ready.

@@ -3,6 +3,7 @@ pub mod browser;
 pub mod cluster;
 pub mod kafka;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 pub mod sse;
 

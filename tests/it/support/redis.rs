@@ -1,13 +1,20 @@
-//! A throwaway `redis-server`: its own free port, no persistence, killed on drop.
+//! A throwaway `redis-server`: its own free port and directory, no persistence unless asked,
+//! killed on drop.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
+use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     process: Option<Child>,
     port: u16,
+    /// Extra `redis-server` arguments, kept for restarts.
+    args: Vec<String>,
+    /// Its working directory (RDB and AOF files), removed on drop.
+    dir: PathBuf,
 }
 
 /// A port that was free a moment ago.
@@ -18,19 +25,40 @@ pub fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra arguments after the defaults (later ones win), e.g. persistence:
+    /// `["--appendonly", "yes", "--appendfsync", "always"]`.
+    pub fn start_with(args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("sse-notify-redis-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("create the redis directory");
+        let mut server = Self {
+            process: None,
+            port: 0,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            dir,
+        };
         for _ in 0..5 {
             // A port free a moment ago may be taken before redis binds it.
-            if let Some(process) = spawn(free_port()) {
-                return process;
+            server.port = free_port();
+            if let Some(process) = server.spawn() {
+                server.process = Some(process);
+                return server;
             }
         }
         panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// SIGKILL: a crash; nothing is saved that was not on disk already.
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             let _ = process.kill();
@@ -38,17 +66,49 @@ impl RedisServer {
         }
     }
 
-    /// Stops and starts again, empty, on the same port (a restart without persistence).
+    /// A clean `SHUTDOWN`: Redis saves what its persistence settings say, then exits.
+    pub fn shutdown(&mut self) {
+        let _ = self.cli(&["SHUTDOWN"]);
+        if let Some(mut process) = self.process.take() {
+            let _ = process.wait();
+        }
+    }
+
+    /// Stops (SIGKILL) and starts again on the same port: empty without persistence.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Starts the stopped server again on its port, with its arguments and directory (so it loads
+    /// whatever it persisted).
+    pub fn start_again(&mut self) {
+        assert!(self.process.is_none(), "redis-server is still running");
         for _ in 0..50 {
-            if let Some(server) = spawn(self.port) {
-                *self = server;
+            if let Some(process) = self.spawn() {
+                self.process = Some(process);
                 return;
             }
-            thread::sleep(std::time::Duration::from_millis(100));
+            thread::sleep(Duration::from_millis(100));
         }
         panic!("redis-server did not restart on port {}", self.port);
+    }
+
+    /// SIGSTOP / SIGCONT: Redis freezes (connections stay open, nothing is answered), then goes
+    /// on where it stopped.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self
+            .process
+            .as_ref()
+            .expect("redis-server is running")
+            .id()
+            .to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     /// Runs a command with `redis-cli` and returns its output.
@@ -60,27 +120,40 @@ impl RedisServer {
             .expect("redis-cli is not installed (apt-get install redis-tools)");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
-}
 
-fn spawn(port: u16) -> Option<RedisServer> {
-    let process = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("redis-server is not installed (apt-get install redis-server)");
-    ready(process).map(|process| RedisServer {
-        process: Some(process),
-        port,
-    })
+    /// Makes this server a replica of `primary` and waits until it is in sync.
+    pub fn replicate(&self, primary: &RedisServer) {
+        self.cli(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "replica not in sync within 10 s");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn spawn(&self) -> Option<Child> {
+        let process = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-server is not installed (apt-get install redis-server)");
+        ready(process)
+    }
 }
 
 /// Waits until a `redis-server` child (stdout piped) is ready; `None` if it exited instead (its
@@ -102,6 +175,7 @@ pub fn ready(mut process: Child) -> Option<Child> {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.stop();
+        self.stop(); // SIGKILL also ends a frozen server
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
