@@ -28,8 +28,11 @@ local function redis_now_ms()
   return string.format('%.0f', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
 end
 
--- Returns the epoch ms (a string) and, when it moved because of a proven loss, the fan-out tail
--- (the caller's new "seen" position); else false.
+-- Returns the epoch ms (a string) and, when it moved because of a proven loss, the id of the
+-- loss marker it appended to the fan-out stream (the caller's new "seen" position); else false.
+-- The marker (fields `p` and `lost`) reaches every instance's live reader in order: each closes
+-- its streams of the partition, so one that never saw the lost writes does not go on delivering
+-- past the hole; the clients resume by id and are told `recovered: false`.
 local function confirm_epoch(epoch_key, fanout_key, seen, now_ms)
   local ms = redis.call('HGET', epoch_key, 'ms')
   if not ms then
@@ -41,7 +44,7 @@ local function confirm_epoch(epoch_key, fanout_key, seen, now_ms)
     local tail = last[1] and last[1][1] or '0-0'
     if id_less(tail, seen) then
       redis.call('HSET', epoch_key, 'ms', now_ms, 'origin', 'lost')
-      return now_ms, tail
+      return now_ms, redis.call('XADD', fanout_key, '*', 'p', tail, 'lost', '1')
     end
   end
   return ms, false

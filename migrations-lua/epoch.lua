@@ -5,7 +5,7 @@
 -- KEYS[2]  n:{tag}:live    its fan-out stream
 -- ARGV[1]  the newest fan-out id this instance has seen in the partition ('0-0' if none)
 --
--- Returns {epoch ms, fan-out tail or '' }: the tail when the epoch moved because Redis lost
+-- Returns {epoch ms, loss marker id or ''}: the marker when the epoch moved because Redis lost
 -- writes the instance had seen.
 
 local epoch, lost_at = confirm_epoch(KEYS[1], KEYS[2], ARGV[1], redis_now_ms())

@@ -9,7 +9,8 @@
 -- ARGV[3]  the newest fan-out id this instance has seen in the partition ('0-0' if none)
 --
 -- Returns {epoch ms, Redis time ms, newest member-stream id or '', entries (as XRANGE),
--- fan-out tail or ''}: the tail when the epoch moved because Redis lost writes the instance saw.
+-- loss marker id or ''}: the marker when the epoch moved because Redis lost writes the instance
+-- saw.
 --
 -- The epoch is confirmed here, not only when a live reader reconnects: after a failover the
 -- command connection may reach the promoted replica seconds before the reader does, and a

@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::model::{MemberId, StreamId, notification_frame};
-use crate::store::LiveEntry;
 use crate::store::keys::{PARTITIONS, partition_of};
+use crate::store::{Fanned, LiveEntry};
 
 pub use reader::run as run_reader;
 
@@ -124,12 +124,25 @@ impl Hub {
         let mut slow = 0;
         let mut subscribers = self.inner.lock(partition);
         for live in entries {
-            let Some(slots) = subscribers.get_mut(&live.member) else {
+            let (member, entry) = match &live.what {
+                Fanned::Notification { member, entry } => (member, entry),
+                Fanned::Lost => {
+                    // Redis lost writes here: whoever streamed past them must resume by id.
+                    let dropped = std::mem::take(&mut *subscribers);
+                    tracing::warn!(
+                        partition,
+                        members = dropped.len(),
+                        "redis lost notifications of this partition; closing its streams so they resume by id"
+                    );
+                    continue;
+                }
+            };
+            let Some(slots) = subscribers.get_mut(member) else {
                 continue;
             };
             let delivery = Arc::new(Delivery {
-                id: live.entry.id,
-                frame: Bytes::from(notification_frame(&live.entry, &live.member)),
+                id: entry.id,
+                frame: Bytes::from(notification_frame(entry, member)),
             });
             slots.retain(|slot| match slot.tx.try_send(delivery.clone()) {
                 Ok(()) => {
@@ -143,7 +156,7 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
             if slots.is_empty() {
-                subscribers.remove(&live.member);
+                subscribers.remove(member);
             }
         }
         drop(subscribers);

@@ -11,7 +11,7 @@ use super::Hub;
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::model::StreamId;
-use crate::store::{Feed, LiveEntry, Store, StoreError};
+use crate::store::{Fanned, Feed, LiveEntry, Store, StoreError};
 
 /// How long one `XREAD` blocks: also how soon a silently dead connection is noticed.
 const BLOCK: Duration = Duration::from_secs(5);
@@ -153,8 +153,10 @@ fn observe_latency(entries: &[LiveEntry], metrics: &Metrics) {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     for live in entries {
-        metrics
-            .delivery_seconds
-            .observe(now_ms.saturating_sub(live.entry.id.ms) as f64 / 1000.0);
+        if let Fanned::Notification { entry, .. } = &live.what {
+            metrics
+                .delivery_seconds
+                .observe(now_ms.saturating_sub(entry.id.ms) as f64 / 1000.0);
+        }
     }
 }

@@ -459,16 +459,23 @@ impl Store {
     }
 }
 
-/// One entry of a partition's fan-out stream: a notification just appended to a member stream.
+/// One entry of a partition's fan-out stream.
 #[derive(Debug)]
 pub struct LiveEntry {
     /// Position in the fan-out stream.
     pub id: StreamId,
     /// The fan-out entry written before this one (a mismatch with the last one read is a gap).
     pub prev: StreamId,
-    pub member: MemberId,
-    /// The notification as stored in the member's stream (its `prev` is not carried: unused live).
-    pub entry: Entry,
+    pub what: Fanned,
+}
+
+#[derive(Debug)]
+pub enum Fanned {
+    /// A notification just appended to a member stream (its `prev` is not carried: unused live).
+    Notification { member: MemberId, entry: Entry },
+    /// An instance proved that Redis lost writes of this partition (`_epoch.lua`): live delivery
+    /// there can no longer be exact.
+    Lost,
 }
 
 /// A live reader's own connection to the fan-out streams.
@@ -702,10 +709,12 @@ fn entry(id: StreamId, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Entry, StoreEr
 
 fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
     let (mut prev, mut member, mut note_id) = (None, None, None);
+    let mut lost = false;
     let mut rest = Vec::with_capacity(2);
     for (name, value) in fields {
         match name.as_slice() {
             b"p" => prev = Some(parse_id(&value)?),
+            b"lost" => lost = true,
             b"m" => {
                 member = Some(
                     utf8(value)?
@@ -717,14 +726,24 @@ fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
             _ => rest.push((name, value)),
         }
     }
-    let (Some(prev), Some(member), Some(note_id)) = (prev, member, note_id) else {
-        return Err(StoreError::Reply("fan-out entry lacks p, m or i"));
+    let prev = prev.ok_or(StoreError::Reply("fan-out entry lacks p"))?;
+    if lost {
+        return Ok(LiveEntry {
+            id,
+            prev,
+            what: Fanned::Lost,
+        });
+    }
+    let (Some(member), Some(note_id)) = (member, note_id) else {
+        return Err(StoreError::Reply("fan-out entry lacks m or i"));
     };
     Ok(LiveEntry {
         id,
         prev,
-        member,
-        entry: entry(note_id, rest)?,
+        what: Fanned::Notification {
+            member,
+            entry: entry(note_id, rest)?,
+        },
     })
 }
 

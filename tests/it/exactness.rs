@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use sse_notify::store::keys::partition_of;
+
 use crate::migrate::migrate_all;
 use crate::support::proxy::{Fault, Relay};
 use crate::support::sse::SseStream;
@@ -170,21 +172,22 @@ async fn a_failover_to_a_lagging_replica_is_told_false_before_the_live_reader_no
     replica.cli(&["REPLICAOF", "NO", "ONE"]);
     app.publish("m4", json!("acknowledged, then lost")).await;
 
-    // Failover: new connections reach the replica; open ones go silent (the live reader keeps
-    // blocking on the old route for seconds, so the hub still says ready).
+    // Failover: the command connection reaches the replica; the live reader still blocks on the
+    // old primary, so the hub still says ready and nothing else has noticed yet.
     relay.redirect(replica.port());
-    relay.blackhole_open_connections();
+    relay.cut_commands();
     let (stream, recovered) = resume(&app, "m4", &kept).await;
     assert!(
         !recovered,
         "the replica lost a notification acknowledged after {kept}"
     );
+    // The reader finds the replica, reads the loss marker and closes the member's streams; the
+    // client resumes from its last id, as a browser does.
+    relay.cut();
     let sentinel = TestApp::start(&replica.url(), &[])
         .await
         .publish("m4", json!("sentinel"))
         .await;
-    // When the live reader finds the replica it closes the member's streams (their live feed
-    // lost entries); the client resumes from its last id, as a browser does.
     let ids = ids_through_resuming(&app, "m4", stream, &kept, &sentinel).await;
     assert_eq!(ids, vec![sentinel]);
 }
@@ -229,8 +232,16 @@ async fn a_restart_that_lost_acknowledged_writes_is_told_false_and_migrate_zset_
     );
     drop(stream);
 
-    // Migrating old data must not erase the loss marker.
-    migrate_all(&redis, false).await;
+    // Migrating old data into the same partition must not erase the loss marker.
+    let m5_partition = partition_of(&"m5".parse().expect("a member id"));
+    let old_member = (0u32..)
+        .map(|n| n.to_string())
+        .find(|n| partition_of(&n.parse().expect("a member id")) == m5_partition)
+        .expect("a numeric member in m5's partition");
+    let time = id_order(&saved).0 - 1_000;
+    let old = json!({ "content": "old layout", "time": time }).to_string();
+    redis.cli(&["ZADD", &old_member, &time.to_string(), &old]);
+    assert_eq!(migrate_all(&redis, false).await.entries_moved, 1);
     let (mut stream, recovered) = resume(&app, "m5", &saved).await;
     assert!(
         !recovered,
@@ -335,12 +346,23 @@ fn a_setting_redis_would_reject_halfway_refuses_to_start() {
         ("MAX_PER_MEMBER", "0"),
         ("PUBLISH_WAIT_TIMEOUT_MS", "0"),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sse-notify"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sse-notify"))
             .env_clear()
             .env("AUTH_MODE", "gateway")
+            .env("LISTEN_ADDR", "127.0.0.1:0")
             .env(name, value)
-            .output()
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("the binary runs");
+        let deadline = Instant::now() + WAIT;
+        while child.try_wait().expect("child status").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{name}={value}: the service started instead of refusing");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("child output");
         assert_eq!(output.status.code(), Some(64), "{name}={value}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(name), "{name}: {stderr}");

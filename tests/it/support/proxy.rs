@@ -2,6 +2,7 @@
 //! blackhole, a cut, or a silent failover to another server. A lagging instance, a half-dead
 //! connection or a failover then become ordinary tests.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ struct State {
     generation: u64,
     /// Connections of an older generation close.
     cut_before: u64,
+    /// Connections of an older generation close unless they carry a blocking `XREAD` (a live
+    /// reader's): the command connection moves, the reader stays where it was.
+    cut_commands_before: u64,
     /// Connections of an older generation drop every byte (blackholed while open); newer pass.
     blackholed_before: u64,
 }
@@ -57,6 +61,7 @@ impl Relay {
             upstream,
             generation: 0,
             cut_before: 0,
+            cut_commands_before: 0,
             blackholed_before: 0,
         });
         let connections = Arc::new(Mutex::new(Vec::new()));
@@ -91,6 +96,14 @@ impl Relay {
         self.state.send_modify(|s| {
             s.generation += 1;
             s.cut_before = s.generation;
+        });
+    }
+
+    /// Closes every open connection but the live readers' (those that sent an `XREAD`).
+    pub fn cut_commands(&self) {
+        self.state.send_modify(|s| {
+            s.generation += 1;
+            s.cut_commands_before = s.generation;
         });
     }
 
@@ -147,10 +160,22 @@ async fn relay(client: TcpStream, mut state: watch::Receiver<State>) {
     let generation = start.generation;
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let up = pump(client_read, server_write, state.clone(), generation);
-    let down = pump(server_read, client_write, state.clone(), generation);
+    let reader = Arc::new(AtomicBool::new(false));
+    let up = pump(
+        client_read,
+        server_write,
+        state.clone(),
+        generation,
+        Some(reader.clone()),
+    );
+    let down = pump(server_read, client_write, state.clone(), generation, None);
     let cut = async {
-        let _ = state.wait_for(|s| s.cut_before > generation).await;
+        let _ = state
+            .wait_for(|s| {
+                s.cut_before > generation
+                    || (s.cut_commands_before > generation && !reader.load(Ordering::Relaxed))
+            })
+            .await;
     };
     tokio::select! {
         () = up => {}
@@ -165,6 +190,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut state: watch::Receiver<State>,
     generation: u64,
+    xread_seen: Option<Arc<AtomicBool>>,
 ) {
     // Reads are timestamped and queued, so a delay is latency, not a throughput cap.
     let (queue, mut queued) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
@@ -188,6 +214,13 @@ async fn pump(
             if now.fault == Fault::Stall {
                 // Stalled while this read was pending: hold the bytes until it ends.
                 let _ = state.wait_for(|s| s.fault != Fault::Stall).await;
+            }
+            if let Some(seen) = &xread_seen
+                && buffer[..n]
+                    .windows(5)
+                    .any(|w| w.eq_ignore_ascii_case(b"XREAD"))
+            {
+                seen.store(true, Ordering::Relaxed);
             }
             let now = *state.borrow();
             if now.fault == Fault::Blackhole || generation < now.blackholed_before {
