@@ -6,10 +6,13 @@
 -- that lost everything: they cannot be told apart), `lost` when an instance proved that Redis lost
 -- writes it had acknowledged. Clients positioned before `ms` are told `recovered: false`.
 --
--- The proof of a loss is the partition's fan-out stream: every publish appends to it, its newest
--- entry is never trimmed, so its tail only moves forward. An instance that saw (read or was
--- acknowledged) a fan-out id after the tail saw writes this Redis no longer holds: a restart from
--- an older RDB or AOF, a failover to a replica that lagged, an eviction.
+-- The proof of a loss is the partition's fan-out stream: every publish appends to it and only its
+-- oldest entries are trimmed. An instance that saw (read, or was acknowledged) a fan-out entry
+-- that this Redis no longer holds, although it is newer than the oldest one kept, saw writes this
+-- Redis lost: a restart from an older RDB or AOF, a failover to a replica that lagged, an
+-- eviction. (Comparing with the tail is not enough: after a failover, writes to the promoted
+-- replica soon pass the lost ids.) Replication and persistence keep a prefix of the history, so
+-- checking the newest id seen covers every older one.
 
 local function id_parts(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -28,24 +31,42 @@ local function redis_now_ms()
   return string.format('%.0f', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
 end
 
+-- Whether the fan-out entry `seen` should be in this Redis and is not. Trimming removes only the
+-- oldest entries, and each entry records its predecessor (`p`), so an id missing from the stream
+-- was trimmed only if it is at or before the oldest entry's predecessor; an oldest entry with
+-- no predecessor (`0-0`) began a new stream, and an empty stream holds nothing at all.
+local function lost_seen(fanout_key, seen)
+  if seen == '0-0' or #redis.call('XRANGE', fanout_key, seen, seen) == 1 then
+    return false
+  end
+  local oldest = redis.call('XRANGE', fanout_key, '-', '+', 'COUNT', 1)[1]
+  if not oldest then
+    return true
+  end
+  local prev = '0-0'
+  for i = 1, #oldest[2], 2 do
+    if oldest[2][i] == 'p' then prev = oldest[2][i + 1] end
+  end
+  return prev == '0-0' or id_less(prev, seen)
+end
+
 -- Returns the epoch ms (a string) and, when it moved because of a proven loss, the id of the
 -- loss marker it appended to the fan-out stream (the caller's new "seen" position); else false.
 -- The marker (fields `p` and `lost`) reaches every instance's live reader in order: each closes
 -- its streams of the partition, so one that never saw the lost writes does not go on delivering
 -- past the hole; the clients resume by id and are told `recovered: false`.
-local function confirm_epoch(epoch_key, fanout_key, seen, now_ms)
+-- `lost` = '1' declares a loss the caller proved otherwise (Redis could evict keys until now).
+local function confirm_epoch(epoch_key, fanout_key, seen, now_ms, lost)
   local ms = redis.call('HGET', epoch_key, 'ms')
-  if not ms then
-    redis.call('HSET', epoch_key, 'ms', now_ms, 'origin', 'new')
+  local proven = lost == '1' or lost_seen(fanout_key, seen)
+  if ms and not proven then
+    return ms, false
+  end
+  redis.call('HSET', epoch_key, 'ms', now_ms, 'origin', proven and 'lost' or 'new')
+  if not proven then
     return now_ms, false
   end
-  if seen ~= '0-0' then
-    local last = redis.call('XREVRANGE', fanout_key, '+', '-', 'COUNT', 1)
-    local tail = last[1] and last[1][1] or '0-0'
-    if id_less(tail, seen) then
-      redis.call('HSET', epoch_key, 'ms', now_ms, 'origin', 'lost')
-      return now_ms, redis.call('XADD', fanout_key, '*', 'p', tail, 'lost', '1')
-    end
-  end
-  return ms, false
+  local last = redis.call('XREVRANGE', fanout_key, '+', '-', 'COUNT', 1)[1]
+  local tail = last and last[1] or '0-0'
+  return now_ms, redis.call('XADD', fanout_key, '*', 'p', tail, 'lost', '1')
 end

@@ -17,7 +17,7 @@
 -- client judged in between must already see the loss.
 
 local now_ms = redis_now_ms()
-local epoch, lost_at = confirm_epoch(KEYS[2], KEYS[3], ARGV[3], now_ms)
+local epoch, lost_at = confirm_epoch(KEYS[2], KEYS[3], ARGV[3], now_ms, '0')
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
 return { epoch, now_ms, newest[1] and newest[1][1] or '', entries, lost_at or '' }

@@ -69,10 +69,10 @@ async fn follow(
 ) -> Result<(), StoreError> {
     let first = partitions.first().copied().unwrap_or_default();
     let mut feed = store.feed(first, BLOCK).await?;
-    check_eviction_policy(&mut feed, partitions, false).await?;
+    check_eviction_policy(&mut feed, hub, metrics, partitions, false).await?;
     let mut policy_checked = tokio::time::Instant::now();
     for &partition in partitions {
-        if feed.confirm_epoch(partition).await? {
+        if feed.confirm_epoch(partition, false).await? {
             // Redis lost writes this instance saw: its streams there may have delivered them,
             // so they resume by id and are told `recovered: false`.
             metrics.data_losses.inc();
@@ -111,7 +111,7 @@ async fn follow(
             read = feed.read(positions, BATCH) => read?,
         };
         if policy_checked.elapsed() >= POLICY_CHECK {
-            check_eviction_policy(&mut feed, partitions, true).await?;
+            check_eviction_policy(&mut feed, hub, metrics, partitions, true).await?;
             policy_checked = tokio::time::Instant::now();
         }
         for (partition, entries) in batches {
@@ -131,18 +131,33 @@ async fn follow(
     }
 }
 
-/// Records whether Redis may evict keys; says so once per connection (or when it changes).
+/// Records whether Redis may evict keys; says so once per connection (or when it changes). When
+/// it stops evicting, whatever it evicted meanwhile is gone: the epochs move (a loss), so no
+/// position from before is told `recovered: true` over an evicted stream.
 async fn check_eviction_policy(
     feed: &mut Feed,
+    hub: &Hub,
+    metrics: &Metrics,
     partitions: &[usize],
     quiet_if_unchanged: bool,
 ) -> Result<(), StoreError> {
     let before = partitions.iter().any(|&p| feed.store().may_evict(p));
-    let policy = feed.eviction_policy(partitions).await?;
-    if let Some(policy) = &policy
-        && !(quiet_if_unchanged && before)
-    {
-        tracing::error!(maxmemory_policy = %policy, ?partitions, "redis may evict keys: an evicted member stream looks like an expired one, so replays cannot be vouched for (recovered: false) and /readyz answers 503; set maxmemory-policy noeviction");
+    match feed.eviction_policy(partitions).await? {
+        Some(policy) if !(quiet_if_unchanged && before) => {
+            tracing::error!(maxmemory_policy = %policy, ?partitions, "redis may evict keys: an evicted member stream looks like an expired one, so replays cannot be vouched for (recovered: false) and /readyz answers 503; set maxmemory-policy noeviction");
+        }
+        None if before => {
+            tracing::warn!(
+                ?partitions,
+                "redis no longer evicts keys; what it may have evicted counts as lost"
+            );
+            for &partition in partitions {
+                feed.confirm_epoch(partition, true).await?;
+                metrics.data_losses.inc();
+                hub.reset(partition);
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -492,13 +492,18 @@ impl Feed {
 
     /// Confirms a partition's dataset epoch on the Redis this connection reached (`epoch.lua`):
     /// creates it on a dataset without one, moves it to now when the fan-out stream ends before
-    /// what this instance has seen. Returns whether Redis lost writes the instance had seen.
-    pub async fn confirm_epoch(&mut self, partition: usize) -> Result<bool, StoreError> {
+    /// what this instance has seen, or when `lost` says so. Returns whether the epoch moved.
+    pub async fn confirm_epoch(
+        &mut self,
+        partition: usize,
+        lost: bool,
+    ) -> Result<bool, StoreError> {
         let seen = self.store.seen(partition);
         let reply: (String, String) = scripts::EPOCH
             .key(keys::epoch(partition))
             .key(keys::fanout(partition))
             .arg(seen.to_string())
+            .arg(if lost { "1" } else { "0" })
             .invoke_async(&mut self.conn)
             .await?;
         match parse_optional_id(reply.1.as_bytes())? {

@@ -3,6 +3,7 @@
 mod support;
 
 mod auth;
+mod chaos;
 mod cluster;
 mod compose;
 mod connection;

@@ -78,6 +78,10 @@ impl Relay {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn set_fault(&self, fault: Fault) {
         self.state.send_modify(|s| s.fault = fault);
     }

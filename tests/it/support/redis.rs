@@ -94,6 +94,15 @@ impl RedisServer {
         panic!("redis-server did not restart on port {}", self.port);
     }
 
+    /// Deletes what the stopped server persisted: it starts again empty.
+    pub fn wipe(&self) {
+        assert!(self.process.is_none(), "redis-server is still running");
+        for entry in std::fs::read_dir(&self.dir).expect("the redis directory") {
+            let path = entry.expect("a directory entry").path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+
     /// SIGSTOP / SIGCONT: Redis freezes (connections stay open, nothing is answered), then goes
     /// on where it stopped.
     pub fn freeze(&self, frozen: bool) {
@@ -123,7 +132,12 @@ impl RedisServer {
 
     /// Makes this server a replica of `primary` and waits until it is in sync.
     pub fn replicate(&self, primary: &RedisServer) {
-        self.cli(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]);
+        self.replicate_through(primary.port);
+    }
+
+    /// Replicates whatever listens on `port` (a relay to the primary) and waits until in sync.
+    pub fn replicate_through(&self, port: u16) {
+        self.cli(&["REPLICAOF", "127.0.0.1", &port.to_string()]);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self
             .cli(&["INFO", "replication"])
