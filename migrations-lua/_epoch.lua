@@ -56,16 +56,20 @@ end
 -- its streams of the partition, so one that never saw the lost writes does not go on delivering
 -- past the hole; the clients resume by id and are told `recovered: false`.
 -- `lost` = '1' declares a loss the caller proved otherwise (Redis could evict keys until now).
+--
+-- The hash keeps the `evidence` of the last proven loss, so calls that carry the same evidence
+-- (a pipeline of publishes built before the first of them proved the loss) move nothing again.
 local function confirm_epoch(epoch_key, fanout_key, seen, now_ms, lost)
-  local ms = redis.call('HGET', epoch_key, 'ms')
-  local proven = lost == '1' or lost_seen(fanout_key, seen)
+  local ms, evidence = unpack(redis.call('HMGET', epoch_key, 'ms', 'evidence'))
+  local proven = lost == '1' or (seen ~= evidence and lost_seen(fanout_key, seen))
   if ms and not proven then
     return ms, false
   end
-  redis.call('HSET', epoch_key, 'ms', now_ms, 'origin', proven and 'lost' or 'new')
   if not proven then
+    redis.call('HSET', epoch_key, 'ms', now_ms, 'origin', 'new')
     return now_ms, false
   end
+  redis.call('HSET', epoch_key, 'ms', now_ms, 'origin', 'lost', 'evidence', lost == '1' and '' or seen)
   local last = redis.call('XREVRANGE', fanout_key, '+', '-', 'COUNT', 1)[1]
   local tail = last and last[1] or '0-0'
   return now_ms, redis.call('XADD', fanout_key, '*', 'p', tail, 'lost', '1')

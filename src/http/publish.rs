@@ -78,6 +78,9 @@ pub async fn publish(
     app.metrics
         .published
         .inc_by((members.len() - appended.repeated) as u64);
+    app.metrics
+        .data_losses
+        .inc_by(appended.losses_proven as u64);
 
     let status = if appended.created {
         StatusCode::CREATED

@@ -174,6 +174,8 @@ impl Ingest {
             match self.store.append_batch(notes).await {
                 Ok(appended) => {
                     let repeated: usize = appended.iter().map(|a| a.repeated).sum();
+                    let losses: usize = appended.iter().map(|a| a.losses_proven).sum();
+                    self.metrics.data_losses.inc_by(losses as u64);
                     self.metrics
                         .kafka_stored
                         .inc_by((notes.len() - repeated) as u64);

@@ -80,6 +80,8 @@ pub struct Appended {
     pub created: bool,
     /// How many members' ids came from an earlier publish (duplicates suppressed).
     pub repeated: usize,
+    /// Partitions in which this publish proved that Redis had lost writes the instance saw.
+    pub losses_proven: usize,
 }
 
 /// The first page of a replay, read in one atomic step with what `recovered` needs.
@@ -216,7 +218,7 @@ impl Store {
         // fall in (atomic per partition; a retry with the same idempotency key completes a
         // partial one).
         let mut calls = Vec::new();
-        let mut covers = Vec::new(); // per call: (note, indexes of its members)
+        let mut covers = Vec::new(); // per call: (note, indexes of its members, what was seen)
         for (n, note) in notes.iter().enumerate() {
             let groups: Vec<(usize, Vec<usize>)> = if self.is_cluster() {
                 let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -232,8 +234,9 @@ impl Store {
             };
             for (partition, indexes) in groups {
                 let members: Vec<&MemberId> = indexes.iter().map(|&m| &note.members[m]).collect();
-                calls.push((partition, self.publish_command(note, &members)));
-                covers.push((n, indexes));
+                let (cmd, seen) = self.publish_command(note, &members);
+                calls.push((partition, cmd));
+                covers.push((n, indexes, seen));
             }
         }
         let replies = self
@@ -245,14 +248,21 @@ impl Store {
                 ids: vec![StreamId::ZERO; note.members.len()],
                 created: false,
                 repeated: 0,
+                losses_proven: 0,
             })
             .collect();
-        for ((n, indexes), reply) in covers.into_iter().zip(replies) {
-            let part = appended(reply, indexes.len())?;
-            for ((id, fanout), m) in part.ids.into_iter().zip(part.fanout).zip(indexes) {
-                out[n].ids[m] = id;
-                if let Some(fanout) = fanout {
-                    self.see(keys::partition_of(&notes[n].members[m]), fanout);
+        for ((n, indexes, seen), reply) in covers.into_iter().zip(replies) {
+            let part = appended(reply, &seen)?;
+            for (written, m) in part.members.into_iter().zip(indexes) {
+                out[n].ids[m] = written.id;
+                let partition = keys::partition_of(&notes[n].members[m]);
+                if let Some(marker) = written.lost_marker {
+                    out[n].losses_proven += 1;
+                    self.forget_lost(partition, written.seen_before, marker);
+                    tracing::warn!(partition, seen = %written.seen_before, %marker, "redis lost acknowledged notifications; clients positioned before now will be told recovered: false");
+                }
+                if let Some(fanout) = written.fanout {
+                    self.see(partition, fanout);
                 }
             }
             out[n].created |= part.created;
@@ -316,8 +326,12 @@ impl Store {
     }
 
     /// `EVALSHA publish.lua` for one notification to `members` (key and argument layout: see the
-    /// script's header).
-    fn publish_command(&self, note: &NewNotification<'_>, members: &[&MemberId]) -> redis::Cmd {
+    /// script's header), and what the instance had seen of each member's partition.
+    fn publish_command(
+        &self,
+        note: &NewNotification<'_>,
+        members: &[&MemberId],
+    ) -> (redis::Cmd, Vec<StreamId>) {
         let per_member = if note.idempotency_key.is_some() { 4 } else { 3 };
         let mut keys = Vec::with_capacity(members.len() * per_member);
         for member in members {
@@ -345,10 +359,13 @@ impl Store {
             })
             .arg(note.kind)
             .arg(note.content);
+        let mut seen = Vec::with_capacity(members.len());
         for member in members {
-            cmd.arg(member.as_str());
+            let partition_seen = self.seen(keys::partition_of(member));
+            cmd.arg(member.as_str()).arg(partition_seen.to_string());
+            seen.push(partition_seen);
         }
-        cmd
+        (cmd, seen)
     }
 
     /// Runs a pipeline of `EVALSHA` calls of `script`. When Redis answers NOSCRIPT (it restarted or
@@ -612,36 +629,48 @@ impl Feed {
 
 /// What one publish script call stored, in member order.
 struct ScriptAppended {
-    ids: Vec<StreamId>,
-    /// The fan-out entry written for each member; `None` for a repeat.
-    fanout: Vec<Option<StreamId>>,
+    members: Vec<Written>,
     created: bool,
     repeated: usize,
 }
 
-/// Parses the script's `{id, repeated, fan-out id, id, ...}`.
-fn appended(reply: Value, members: usize) -> Result<ScriptAppended, StoreError> {
+/// One member's part of a publish script call.
+struct Written {
+    id: StreamId,
+    /// The fan-out entry written for it; `None` for a repeat.
+    fanout: Option<StreamId>,
+    /// The loss marker appended before it, when the script proved that Redis lost writes.
+    lost_marker: Option<StreamId>,
+    /// What the instance had seen of the partition when it sent the call.
+    seen_before: StreamId,
+}
+
+/// Parses the script's `{id, repeated, fan-out id, loss marker, id, ...}`.
+fn appended(reply: Value, seen_before: &[StreamId]) -> Result<ScriptAppended, StoreError> {
     let Value::Array(reply) = reply else {
         return Err(StoreError::Reply("publish script did not return an array"));
     };
-    if reply.len() != 3 * members {
+    if reply.len() != 4 * seen_before.len() {
         return Err(StoreError::Reply(
             "publish script returned the wrong number of ids",
         ));
     }
     let mut appended = ScriptAppended {
-        ids: Vec::with_capacity(members),
-        fanout: Vec::with_capacity(members),
+        members: Vec::with_capacity(seen_before.len()),
         created: false,
         repeated: 0,
     };
-    for triple in reply.chunks_exact(3) {
-        appended.ids.push(stream_id(&triple[0])?);
-        match triple[1] {
+    for (four, &seen_before) in reply.chunks_exact(4).zip(seen_before) {
+        match four[1] {
             Value::Int(0) => appended.created = true,
             _ => appended.repeated += 1,
         }
-        appended.fanout.push(optional_id(&triple[2])?);
+        appended.members.push(Written {
+            id: stream_id(&four[0])?,
+            fanout: optional_id(&four[2])?,
+            lost_marker: optional_id(&four[3])?,
+            seen_before,
+        });
     }
     Ok(appended)
 }

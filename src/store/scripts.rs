@@ -5,7 +5,8 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// The dataset-epoch functions both epoch scripts share (a Lua prelude, not a script).
+/// The dataset-epoch functions the scripts that meet a dataset share (a Lua prelude, not a
+/// script).
 macro_rules! with_epoch_prelude {
     ($file:literal) => {
         concat!(
@@ -17,7 +18,7 @@ macro_rules! with_epoch_prelude {
 }
 
 pub static PUBLISH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../../migrations-lua/publish.lua")));
+    LazyLock::new(|| Script::new(with_epoch_prelude!("publish.lua")));
 pub static EPOCH: LazyLock<Script> =
     LazyLock::new(|| Script::new(with_epoch_prelude!("epoch.lua")));
 pub static REPLAY: LazyLock<Script> =

@@ -192,6 +192,40 @@ async fn a_failover_to_a_lagging_replica_is_told_false_before_the_live_reader_no
     assert_eq!(ids, vec![sentinel]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_a_failover_proves_the_loss_before_its_new_id_hides_it() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    replica.replicate(&primary);
+    let relay = Relay::start(primary.port()).await;
+    let app = TestApp::start(&relay.url(), &[]).await;
+    let kept = app.publish("m14", json!("replicated")).await;
+    let key = stream_key(&primary, "m14");
+    eventually("the replica holds the first notification", || {
+        let len = replica.cli(&["XLEN", &key]);
+        async move { (len == "1").then_some(()) }
+    })
+    .await;
+    replica.cli(&["REPLICAOF", "NO", "ONE"]);
+    app.publish("m14", json!("acknowledged, then lost")).await;
+
+    // Failover; the first thing the instance does on the promoted replica is a publish, whose id
+    // is newer than the lost one: after it, nothing the instance has seen is missing any more.
+    relay.redirect(replica.port());
+    relay.cut_commands();
+    let after = eventually("a publish on the promoted replica", || {
+        let publish = app.publish_raw(json!({ "member_id": "m14", "content": "after" }), &[]);
+        async move { (publish.await.status() == 201).then_some(()) }
+    });
+    after.await;
+    relay.cut(); // the reader follows the replica too
+    let (_, recovered) = resume(&app, "m14", &kept).await;
+    assert!(
+        !recovered,
+        "the replica lost a notification acknowledged after {kept}"
+    );
+}
+
 /// Like [`ids_through`], reconnecting from the last id received whenever the stream ends.
 async fn ids_through_resuming(
     app: &TestApp,
