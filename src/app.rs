@@ -34,7 +34,7 @@ pub async fn run(
         config.publish_wait,
     )
     .context("invalid REDIS_URL")?;
-    let hub = Hub::new(metrics.clone());
+    let hub = Hub::new(metrics.clone(), config.limits.max_streams_per_member);
 
     let tasks = TaskTracker::new();
     // A standalone Redis serves every partition: one reader, one blocking XREAD over all of them.
@@ -73,7 +73,13 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let router = http::router(state.clone());
-    let server = http::serve(listener, router, state.metrics, shutdown.clone());
+    let server = http::serve(
+        listener,
+        router,
+        state.metrics,
+        state.config.limits.max_connections,
+        shutdown.clone(),
+    );
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(GRACE).await;

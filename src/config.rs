@@ -45,12 +45,34 @@ pub struct Args {
     /// The `retry:` sent first on every stream, in milliseconds.
     #[arg(long, env, default_value_t = 3_000)]
     pub retry_ms: u64,
+    /// Open connections at most; beyond, new ones are closed at once. Default: the open-files
+    /// limit less a reserve for Redis, Kafka and the process itself.
+    #[arg(long, env)]
+    pub max_connections: Option<u64>,
+    /// Open event streams at most, kept below `MAX_CONNECTIONS` so that health checks and
+    /// publishes always find room; beyond, a subscribe gets `retry:` only (the browser comes back
+    /// later). Default: `MAX_CONNECTIONS` less 256.
+    #[arg(long, env)]
+    pub max_streams: Option<u64>,
+    /// Open streams one member may have on this instance; a newer one closes the member's oldest
+    /// (its tab reconnects and resumes). A member with many tabs never gets near the default.
+    #[arg(long, env, default_value_t = 64)]
+    pub max_streams_per_member: u64,
     /// `jwt` (member = `sub` of an HS256 token) or `gateway` (trust a `member_id` header).
     #[arg(long, env, default_value = "jwt")]
     pub auth_mode: String,
     /// HS256 secret; required in `jwt` mode.
     #[arg(long, env, hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// When set, a token's `aud` (a string or a list) must contain it.
+    #[arg(long, env)]
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must equal it.
+    #[arg(long, env)]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env, default_value_t = 0)]
+    pub jwt_leeway_secs: u64,
     /// Bearer token that `POST /notifications` requires; unset refuses HTTP publishing.
     #[arg(long, env, hide_env_values = true)]
     pub publish_token: Option<String>,
@@ -120,8 +142,17 @@ impl fmt::Debug for Secret {
 /// How a subscriber proves who it is (API.md, Identity).
 #[derive(Debug, Clone)]
 pub enum Auth {
-    Jwt { secret: Secret },
+    Jwt { secret: Secret, policy: JwtPolicy },
     Gateway,
+}
+
+/// What a valid token must say besides its signature.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JwtPolicy {
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
 }
 
 /// Where notifications are stored.
@@ -137,6 +168,30 @@ impl RedisTarget {
     /// `REDIS_CLUSTER_NODES` when set, else `REDIS_URL`, whose `redis+cluster://` (or
     /// `rediss+cluster://`) form lists seed nodes: `redis+cluster://[user:pass@]h1:p1,h2:p2`.
     pub fn new(url: &str, cluster_nodes: &[String]) -> Result<Self, ConfigError> {
+        let target = Self::parse(url, cluster_nodes)?;
+        target.check_usable()?;
+        Ok(target)
+    }
+
+    /// Every URL is one this build can connect to (e.g. `rediss://` needs TLS support): a target
+    /// that cannot work is a start-up error, not a failure at the first command.
+    fn check_usable(&self) -> Result<(), ConfigError> {
+        let urls = match self {
+            Self::Standalone(url) => std::slice::from_ref(url),
+            Self::Cluster(nodes) => nodes.as_slice(),
+        };
+        for url in urls {
+            if let Err(error) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                return Err(ConfigError::UnusableRedis {
+                    url: redacted(url),
+                    reason: error.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn parse(url: &str, cluster_nodes: &[String]) -> Result<Self, ConfigError> {
         let cluster_nodes: Vec<&str> = cluster_nodes
             .iter()
             .map(|n| n.trim())
@@ -161,7 +216,7 @@ impl RedisTarget {
             .find_map(|prefix| url.strip_prefix(prefix).map(|rest| (prefix, rest)));
         match cluster {
             None if redis::parse_redis_url(url).is_some() => Ok(Self::Standalone(url.to_owned())),
-            None => Err(ConfigError::RedisUrl(url.to_owned())),
+            None => Err(ConfigError::RedisUrl(redacted(url))),
             Some((prefix, rest)) => {
                 let scheme = prefix.trim_end_matches("+cluster://");
                 let (credentials, hosts) = match rest.rsplit_once('@') {
@@ -170,7 +225,7 @@ impl RedisTarget {
                 };
                 let hosts = hosts.trim_end_matches('/');
                 if hosts.is_empty() {
-                    return Err(ConfigError::RedisUrl(url.to_owned()));
+                    return Err(ConfigError::RedisUrl(redacted(url)));
                 }
                 hosts
                     .split(',')
@@ -185,7 +240,16 @@ impl RedisTarget {
 fn valid_node(url: String, given: &str) -> Result<String, ConfigError> {
     match redis::parse_redis_url(&url) {
         Some(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
-        _ => Err(ConfigError::ClusterNode(given.to_owned())),
+        _ => Err(ConfigError::ClusterNode(redacted(given))),
+    }
+}
+
+/// A URL fit for an error message: its credentials (`user:password@`) replaced by `***@`.
+fn redacted(url: &str) -> String {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    match url[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -245,6 +309,68 @@ pub struct Config {
     pub publish_token: Option<Secret>,
     pub cors_origins: Vec<HeaderValue>,
     pub kafka: Option<Kafka>,
+    pub limits: Limits,
+}
+
+/// How much of the machine one instance lets clients take (file descriptors above all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_streams: usize,
+    pub max_streams_per_member: usize,
+}
+
+/// Descriptors kept for everything but client connections: Redis, Kafka, logs, the listener.
+const RESERVED_FDS: u64 = 128;
+/// Connections kept for everything but streams: health checks, metrics, publishes.
+const RESERVED_CONNECTIONS: u64 = 256;
+
+impl Limits {
+    /// `MAX_CONNECTIONS` and `MAX_STREAMS` as given, else derived from the open-files limit.
+    fn new(args: &Args) -> Result<Self, ConfigError> {
+        let fd_limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1_024, |(soft, _)| soft);
+        let max_connections = args
+            .max_connections
+            .unwrap_or_else(|| fd_limit.saturating_sub(RESERVED_FDS).clamp(64, 1_000_000));
+        // More connections than descriptors: the process would run out of files, and then not
+        // even /healthz could be accepted.
+        let most = fd_limit.saturating_sub(RESERVED_FDS / 2).max(1);
+        if !(1..=most).contains(&max_connections) {
+            return Err(ConfigError::OutOfRange {
+                name: "MAX_CONNECTIONS",
+                value: max_connections,
+                min: 1,
+                max: most,
+            });
+        }
+        let max_streams = args.max_streams.unwrap_or_else(|| {
+            max_connections
+                .saturating_sub(RESERVED_CONNECTIONS)
+                .max(max_connections / 2)
+        });
+        if max_streams == 0 || max_streams > max_connections {
+            return Err(ConfigError::OutOfRange {
+                name: "MAX_STREAMS",
+                value: max_streams,
+                min: 1,
+                max: max_connections,
+            });
+        }
+        if !(1..=100_000).contains(&args.max_streams_per_member) {
+            return Err(ConfigError::OutOfRange {
+                name: "MAX_STREAMS_PER_MEMBER",
+                value: args.max_streams_per_member,
+                min: 1,
+                max: 100_000,
+            });
+        }
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(Self {
+            max_connections: size(max_connections),
+            max_streams: size(max_streams),
+            max_streams_per_member: size(args.max_streams_per_member),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +392,8 @@ pub enum ConfigError {
     RedisUrl(String),
     #[error("Redis Cluster node {0:?} is not host:port or a redis:// URL")]
     ClusterNode(String),
+    #[error("REDIS_URL {url:?} cannot be used: {reason}")]
+    UnusableRedis { url: String, reason: String },
     #[error("KAFKA_TOPICS must name at least one topic")]
     NoKafkaTopics,
     #[error("KAFKA_OPTIONS entry {0:?} is not key=value")]
@@ -276,10 +404,16 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(args: Args) -> Result<Self, Self::Error> {
+        let limits = Limits::new(&args)?;
         let auth = match args.auth_mode.as_str() {
             "jwt" => match args.jwt_secret.filter(|s| !s.is_empty()) {
                 Some(secret) => Auth::Jwt {
                     secret: Secret(secret),
+                    policy: JwtPolicy {
+                        audience: args.jwt_audience.filter(|a| !a.is_empty()),
+                        issuer: args.jwt_issuer.filter(|i| !i.is_empty()),
+                        leeway: Duration::from_secs(args.jwt_leeway_secs),
+                    },
                 },
                 None => return Err(ConfigError::MissingJwtSecret),
             },
@@ -305,6 +439,7 @@ impl TryFrom<Args> for Config {
                 1,
                 60_000,
             ),
+            ("JWT_LEEWAY_SECS", args.jwt_leeway_secs, 0, 300),
         ] {
             if !(min..=max).contains(&value) {
                 return Err(ConfigError::OutOfRange {
@@ -356,6 +491,7 @@ impl TryFrom<Args> for Config {
             publish_token: args.publish_token.filter(|t| !t.is_empty()).map(Secret),
             cors_origins,
             kafka,
+            limits,
         })
     }
 }
@@ -498,6 +634,25 @@ mod tests {
             parse(&["--auth-mode", "gateway"]).unwrap().publish_wait,
             None
         );
+    }
+
+    #[test]
+    fn a_redis_target_this_build_cannot_use_is_refused_without_its_password() {
+        // No TLS support is compiled in: a rediss:// target is a start-up error, not a 503 later.
+        let error = RedisTarget::new("rediss://user:hunter2@r.example:6380", &[]).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(error, ConfigError::UnusableRedis { .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains("r.example") && !message.contains("hunter2"),
+            "{message}"
+        );
+        let error = RedisTarget::new("redis//user:secret@host:6379", &[]).unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
+        assert_eq!(redacted("redis://a:b@h:1"), "redis://***@h:1");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
     }
 
     #[test]

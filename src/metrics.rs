@@ -27,6 +27,10 @@ pub struct Handles {
     pub slow_client_disconnects: Counter,
     pub live_gaps: Counter,
     pub replay_gaps: Counter,
+    pub tokens_without_exp: Counter,
+    pub member_cap_closes: Counter,
+    pub streams_refused: Counter,
+    pub connections_refused: Counter,
     pub data_losses: Counter,
     pub publish_outcome_unknown: Counter,
     pub store_unavailable_subscribes: Counter,
@@ -53,6 +57,10 @@ impl Metrics {
             slow_client_disconnects: Counter::default(),
             live_gaps: Counter::default(),
             replay_gaps: Counter::default(),
+            tokens_without_exp: Counter::default(),
+            member_cap_closes: Counter::default(),
+            streams_refused: Counter::default(),
+            connections_refused: Counter::default(),
             data_losses: Counter::default(),
             publish_outcome_unknown: Counter::default(),
             store_unavailable_subscribes: Counter::default(),
@@ -101,6 +109,26 @@ impl Metrics {
             "replay_gaps",
             "Replays ended because entries were trimmed or expired while being sent (the client resumes and learns recovered: false)",
             metrics.replay_gaps.clone(),
+        );
+        registry.register(
+            "member_cap_closes",
+            "A member's oldest stream closed because it opened more than MAX_STREAMS_PER_MEMBER",
+            metrics.member_cap_closes.clone(),
+        );
+        registry.register(
+            "streams_refused",
+            "Subscribes answered with retry-and-close because MAX_STREAMS were open",
+            metrics.streams_refused.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed on accept because MAX_CONNECTIONS were open",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "tokens_without_exp",
+            "Member tokens accepted without an exp claim (their streams never end by expiry)",
+            metrics.tokens_without_exp.clone(),
         );
         registry.register(
             "data_losses",

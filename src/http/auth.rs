@@ -3,7 +3,12 @@
 //!
 //! JWTs are HS256 only: the algorithm is fixed by configuration, never taken from the token, so a
 //! token cannot pick `none` or an asymmetric algorithm. The signature is checked with the `hmac`
-//! crate's constant-time comparison before the payload is even parsed.
+//! crate's constant-time comparison before the payload is even parsed. A `crit` header names
+//! extensions the token requires to be understood (RFC 7515 §4.1.11): we understand none, so such
+//! a token is refused. `aud` and `iss` are checked when configured.
+//!
+//! In gateway mode the `member_id` header is the gateway's word: when it is present it is the only
+//! word (never the query), and one that is not a valid member id, or two that differ, are a 401.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +24,7 @@ use sha2::Sha256;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::config::Auth;
+use crate::config::{Auth, JwtPolicy};
 use crate::model::MemberId;
 
 /// An authenticated member. Its stream ends when the token that proved it expires.
@@ -40,23 +45,29 @@ impl FromRequestParts<AppState> for Member {
             .map(|q| q.0)
             .unwrap_or_default();
         match &state.config.auth {
-            Auth::Jwt { secret } => {
+            Auth::Jwt { secret, policy } => {
                 let token = bearer(parts)
                     .or_else(|| cookie(parts, "access_token"))
                     .or_else(|| query.get("access_token").map(String::as_str))
                     .ok_or(ApiError::Unauthorized)?;
-                verify_hs256(token, secret.expose().as_bytes(), SystemTime::now()).map_err(
-                    |reason| {
-                        tracing::debug!(reason, "token refused");
-                        ApiError::Unauthorized
-                    },
-                )
+                let member = verify(token, secret.expose().as_bytes(), policy, SystemTime::now())
+                    .map_err(|reason| {
+                    tracing::debug!(reason, "token refused");
+                    ApiError::Unauthorized
+                })?;
+                if member.expires_at.is_none() {
+                    state.metrics.tokens_without_exp.inc();
+                }
+                Ok(member)
             }
             Auth::Gateway => {
-                let header = parts.headers.get("member_id").and_then(|v| v.to_str().ok());
-                let id = header
-                    .or_else(|| query.get("member_id").map(String::as_str))
-                    .ok_or(ApiError::Unauthorized)?;
+                let id = match gateway_header(parts)? {
+                    Some(header) => header,
+                    None => query
+                        .get("member_id")
+                        .map(String::as_str)
+                        .ok_or(ApiError::Unauthorized)?,
+                };
                 Ok(Member {
                     id: id.parse().map_err(|_| ApiError::Unauthorized)?,
                     expires_at: None,
@@ -84,6 +95,19 @@ impl FromRequestParts<AppState> for Publisher {
     }
 }
 
+/// The gateway's `member_id` header: `None` when absent; a 401 when it is not text or when two
+/// copies disagree (whatever the client adds must not win over what the gateway set).
+fn gateway_header(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let mut values = parts.headers.get_all("member_id").iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.any(|other| other != first) {
+        return Err(ApiError::Unauthorized);
+    }
+    first.to_str().map(Some).map_err(|_| ApiError::Unauthorized)
+}
+
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -109,6 +133,7 @@ fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +141,25 @@ struct Claims {
     sub: Option<Subject>,
     exp: Option<f64>,
     nbf: Option<f64>,
+    aud: Option<Audience>,
+    iss: Option<String>,
+}
+
+/// `aud`: one audience or a list (RFC 7519 §4.1.3).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, wanted: &str) -> bool {
+        match self {
+            Self::One(one) => one == wanted,
+            Self::Many(many) => many.iter().any(|a| a == wanted),
+        }
+    }
 }
 
 /// `sub` as a string, or as a number for tokens minted by the old service's issuers.
@@ -126,8 +170,14 @@ enum Subject {
     Number(u64),
 }
 
-/// Verifies an HS256 JWT and returns its member. `Err` carries a reason for debug logs only.
-pub fn verify_hs256(token: &str, secret: &[u8], now: SystemTime) -> Result<Member, &'static str> {
+/// Verifies an HS256 JWT against `policy` and returns its member. `Err` carries a reason for
+/// debug logs only.
+pub fn verify(
+    token: &str,
+    secret: &[u8],
+    policy: &JwtPolicy,
+    now: SystemTime,
+) -> Result<Member, &'static str> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -137,6 +187,9 @@ pub fn verify_hs256(token: &str, secret: &[u8], now: SystemTime) -> Result<Membe
     let header: Header = decode_json(header).ok_or("malformed header")?;
     if header.alg != "HS256" {
         return Err("algorithm is not HS256");
+    }
+    if header.crit.is_some() {
+        return Err("critical header extensions are not understood");
     }
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
@@ -149,21 +202,32 @@ pub fn verify_hs256(token: &str, secret: &[u8], now: SystemTime) -> Result<Membe
     let now_secs = now
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    if claims.exp.is_some_and(|exp| now_secs >= exp) {
+    let leeway = policy.leeway.as_secs_f64();
+    if claims.exp.is_some_and(|exp| now_secs >= exp + leeway) {
         return Err("expired");
     }
-    if claims.nbf.is_some_and(|nbf| now_secs < nbf) {
+    if claims.nbf.is_some_and(|nbf| now_secs + leeway < nbf) {
         return Err("not yet valid");
+    }
+    if let Some(wanted) = &policy.audience
+        && !claims.aud.as_ref().is_some_and(|aud| aud.contains(wanted))
+    {
+        return Err("audience does not match");
+    }
+    if let Some(wanted) = &policy.issuer
+        && claims.iss.as_deref() != Some(wanted.as_str())
+    {
+        return Err("issuer does not match");
     }
     let sub = match claims.sub.ok_or("no sub claim")? {
         Subject::Text(text) => text,
         Subject::Number(n) => n.to_string(),
     };
     let id = sub.parse().map_err(|_| "sub is not a valid member id")?;
-    // An `exp` too far away to represent is no expiry at all.
+    // An `exp` too far away to represent is no expiry at all; the stream ends at `exp` + leeway.
     let expires_at = claims
         .exp
-        .and_then(|exp| Duration::try_from_secs_f64(exp).ok())
+        .and_then(|exp| Duration::try_from_secs_f64(exp + leeway).ok())
         .and_then(|since_epoch| UNIX_EPOCH.checked_add(since_epoch));
     Ok(Member { id, expires_at })
 }
@@ -197,6 +261,76 @@ mod tests {
 
     const SECRET: &[u8] = b"test-secret";
 
+    fn verify_default(token: &str, secret: &[u8], now: SystemTime) -> Result<Member, &'static str> {
+        verify(token, secret, &JwtPolicy::default(), now)
+    }
+
+    fn signed_with_header(header: &str, claims: &serde_json::Value) -> String {
+        let header = URL_SAFE_NO_PAD.encode(header);
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let signing_input = format!("{header}.{payload}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
+        mac.update(signing_input.as_bytes());
+        format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    #[test]
+    fn critical_extensions_audience_issuer_and_leeway() {
+        let crit = signed_with_header(
+            r#"{"alg":"HS256","crit":["exp"],"exp":1}"#,
+            &json!({"sub": "42"}),
+        );
+        assert_eq!(
+            verify_default(&crit, SECRET, at(1000)).unwrap_err(),
+            "critical header extensions are not understood"
+        );
+        let policy = JwtPolicy {
+            audience: Some("notify".into()),
+            issuer: Some("https://id.example".into()),
+            leeway: Duration::from_secs(30),
+        };
+        let good = sign_hs256(
+            &json!({"sub": "42", "aud": ["app", "notify"], "iss": "https://id.example", "exp": 990}),
+            SECRET,
+        );
+        let member = verify(&good, SECRET, &policy, at(1000)).unwrap();
+        assert_eq!(
+            member.expires_at,
+            Some(at(1020)),
+            "the stream ends at exp + leeway"
+        );
+        assert_eq!(
+            verify(&good, SECRET, &policy, at(1020)).unwrap_err(),
+            "expired"
+        );
+        let other_aud = sign_hs256(
+            &json!({"sub": "42", "aud": "app", "iss": "https://id.example"}),
+            SECRET,
+        );
+        assert_eq!(
+            verify(&other_aud, SECRET, &policy, at(1000)).unwrap_err(),
+            "audience does not match"
+        );
+        let no_iss = sign_hs256(&json!({"sub": "42", "aud": "notify"}), SECRET);
+        assert_eq!(
+            verify(&no_iss, SECRET, &policy, at(1000)).unwrap_err(),
+            "issuer does not match"
+        );
+        let early = sign_hs256(
+            &json!({"sub": "42", "aud": "notify", "iss": "https://id.example", "nbf": 1020}),
+            SECRET,
+        );
+        assert!(
+            verify(&early, SECRET, &policy, at(1000)).is_ok(),
+            "within the leeway"
+        );
+        // Without a policy, aud and iss are not required.
+        assert!(verify_default(&no_iss, SECRET, at(1000)).is_ok());
+    }
+
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
@@ -204,17 +338,17 @@ mod tests {
     #[test]
     fn accepts_a_valid_token_and_reads_its_expiry() {
         let token = sign_hs256(&json!({"sub": "42", "exp": 2000}), SECRET);
-        let member = verify_hs256(&token, SECRET, at(1000)).unwrap();
+        let member = verify_default(&token, SECRET, at(1000)).unwrap();
         assert_eq!(member.id.as_str(), "42");
         assert_eq!(member.expires_at, Some(at(2000)));
         let far = sign_hs256(&json!({"sub": "42", "exp": 1e300}), SECRET);
         assert_eq!(
-            verify_hs256(&far, SECRET, at(1000)).unwrap().expires_at,
+            verify_default(&far, SECRET, at(1000)).unwrap().expires_at,
             None
         );
         let numeric = sign_hs256(&json!({"sub": 42}), SECRET);
         assert_eq!(
-            verify_hs256(&numeric, SECRET, at(1000))
+            verify_default(&numeric, SECRET, at(1000))
                 .unwrap()
                 .id
                 .as_str(),
@@ -226,33 +360,33 @@ mod tests {
     fn refuses_expired_forged_and_foreign_tokens() {
         let expired = sign_hs256(&json!({"sub": "42", "exp": 1000}), SECRET);
         assert_eq!(
-            verify_hs256(&expired, SECRET, at(1000)).unwrap_err(),
+            verify_default(&expired, SECRET, at(1000)).unwrap_err(),
             "expired"
         );
         let early = sign_hs256(&json!({"sub": "42", "nbf": 2000}), SECRET);
-        assert!(verify_hs256(&early, SECRET, at(1000)).is_err());
+        assert!(verify_default(&early, SECRET, at(1000)).is_err());
         let other_key = sign_hs256(&json!({"sub": "42"}), b"other");
         assert_eq!(
-            verify_hs256(&other_key, SECRET, at(1000)).unwrap_err(),
+            verify_default(&other_key, SECRET, at(1000)).unwrap_err(),
             "bad signature"
         );
         let bad_member = sign_hs256(&json!({"sub": "a b"}), SECRET);
-        assert!(verify_hs256(&bad_member, SECRET, at(1000)).is_err());
+        assert!(verify_default(&bad_member, SECRET, at(1000)).is_err());
         let no_sub = sign_hs256(&json!({"exp": 2000}), SECRET);
-        assert!(verify_hs256(&no_sub, SECRET, at(1000)).is_err());
+        assert!(verify_default(&no_sub, SECRET, at(1000)).is_err());
 
         // alg=none with the signature stripped, and a tampered payload.
         let valid = sign_hs256(&json!({"sub": "42"}), SECRET);
         let (_, rest) = valid.split_once('.').unwrap();
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
-        assert!(verify_hs256(&format!("{none_header}.{rest}"), SECRET, at(1000)).is_err());
+        assert!(verify_default(&format!("{none_header}.{rest}"), SECRET, at(1000)).is_err());
         let forged_payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"43"}"#);
         let mut pieces: Vec<&str> = valid.split('.').collect();
         pieces[1] = &forged_payload;
         assert_eq!(
-            verify_hs256(&pieces.join("."), SECRET, at(1000)).unwrap_err(),
+            verify_default(&pieces.join("."), SECRET, at(1000)).unwrap_err(),
             "bad signature"
         );
-        assert!(verify_hs256("a.b", SECRET, at(1000)).is_err());
+        assert!(verify_default("a.b", SECRET, at(1000)).is_err());
     }
 }

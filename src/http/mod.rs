@@ -66,13 +66,19 @@ pub fn router(state: AppState) -> Router {
     }))
 }
 
-/// The caller's `x-request-id`, or a fresh random one (not secret: no system entropy needed).
+/// The caller's `x-request-id` when it is a plain token (1-128 of `A-Z a-z 0-9 . _ : -`, so it
+/// cannot forge log fields), else a fresh random one (not secret: no system entropy needed).
 fn request_id<B>(request: &Request<B>) -> String {
+    let plain = |v: &str| {
+        (1..=128).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    };
     request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
+        .filter(|v| plain(v))
         .map_or_else(
             || {
                 uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
@@ -106,4 +112,36 @@ fn cors(config: &Config) -> Option<CorsLayer> {
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(id: &[u8]) -> String {
+        let request = Request::builder()
+            .header(
+                "x-request-id",
+                axum::http::HeaderValue::from_bytes(id).unwrap(),
+            )
+            .body(())
+            .unwrap();
+        request_id(&request)
+    }
+
+    #[test]
+    fn a_request_id_is_taken_only_when_it_cannot_forge_log_fields() {
+        assert_eq!(with_id(b"gw-1234:abc_def.9"), "gw-1234:abc_def.9");
+        for forged in [
+            &b"x} level=ERROR"[..],
+            b"a\"b",
+            b"a=b",
+            b"caf\xc3\xa9",
+            &[b'x'; 129][..],
+        ] {
+            let id = with_id(forged);
+            assert_ne!(id.as_bytes(), forged);
+            assert_eq!(id.len(), 36, "a fresh uuid instead of {forged:?}");
+        }
+    }
 }

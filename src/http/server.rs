@@ -40,41 +40,85 @@ const HEAD_BUFFER: usize = 2048;
 const MAX_HEAD: usize = 16 * 1024;
 /// Headers a subscribe request may have on this path; more go to hyper.
 const MAX_HEADERS: usize = 48;
+/// hyper's read buffer, whatever a client sends: a head must fit (else 431), and a pipelined or
+/// slow request cannot make it grow (hyper's default is ~400 KiB per connection).
+const HYPER_MAX_BUFFER: usize = 2 * MAX_HEAD;
+/// Headers a request may have on any path (hyper answers 431 above).
+const HYPER_MAX_HEADERS: usize = 64;
+/// What a streamed connection's client may send after its request before it is dropped: a
+/// browser sends nothing; anything more is read and discarded only this far, so a client cannot
+/// make the service spin on its input.
+const MAX_TRAILING_INPUT: usize = 1024;
 /// A client whose socket accepts nothing for this long is not reading: it is dropped. (One that
 /// is merely slow is dropped sooner, by the hub, when its 256-frame queue fills.)
 const WRITE_STALL: Duration = Duration::from_secs(30);
-/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause after a failed accept (e.g. out of file descriptors), doubling to a second while the
+/// failures go on.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Serves until `shutdown` is cancelled, then stops accepting and waits for open connections:
 /// streams end themselves with a goodbye, hyper connections finish their request and close.
+/// At most `max_connections` are open at once: a connection past that is closed as soon as it
+/// is accepted (a browser retries; a probe sees a refusal instead of the process running out of
+/// descriptors and stalling everyone).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     metrics: Metrics,
+    max_connections: usize,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut failures: u64 = 0;
+    let mut refused: u64 = 0;
     loop {
         let socket = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, _peer)) => socket,
                 Err(error) => {
-                    tracing::error!(%error, "cannot accept a connection; retrying");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    // One log line per burst, then quiet until accepting works again.
+                    if failures == 0 {
+                        tracing::error!(%error, "cannot accept connections; backing off");
+                    }
+                    failures += 1;
+                    let pause = ACCEPT_BACKOFF
+                        .saturating_mul(1 << failures.min(7))
+                        .min(MAX_ACCEPT_BACKOFF);
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             },
         };
+        if failures > 0 {
+            tracing::warn!(failures, "accepting connections again");
+            failures = 0;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if refused == 0 {
+                tracing::warn!(
+                    max_connections,
+                    "connection limit reached; closing new connections"
+                );
+            }
+            refused += 1;
+            metrics.connections_refused.inc();
+            drop(socket);
+            continue;
+        };
+        if refused > 0 {
+            tracing::info!(refused, "below the connection limit again");
+            refused = 0;
+        }
         // SSE frames are small and each is written whole: Nagle would only delay them.
         let _ = socket.set_nodelay(true);
-        connections.spawn(connection(
-            socket,
-            router.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        let connection = connection(socket, router.clone(), metrics.clone(), shutdown.clone());
+        connections.spawn(async move {
+            connection.await;
+            drop(slot);
+        });
     }
     drop(listener);
     connections.close();
@@ -87,6 +131,7 @@ async fn connection(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let started = Instant::now();
     let first = match tokio::time::timeout(HEAD_TIMEOUT, read_first_head(&socket)).await {
         Ok(Ok(first)) => first,
         Ok(Err(error)) => {
@@ -101,7 +146,11 @@ async fn connection(
     match first {
         FirstRequest::None => {}
         FirstRequest::Stream(request) => stream(socket, router, request, &metrics).await,
-        FirstRequest::Other(read) => hyper(Rewind::new(read, socket), router, shutdown).await,
+        FirstRequest::Other(read) => {
+            // One deadline per head, whichever path reads it: hyper gets what is left of it.
+            let left = HEAD_TIMEOUT.saturating_sub(started.elapsed());
+            hyper(Rewind::new(read, socket), router, left, shutdown).await;
+        }
     }
 }
 
@@ -306,28 +355,41 @@ async fn write_all(socket: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Resu
     Ok(())
 }
 
-/// Resolves when the client closes its end (or resets it). Anything it sends meanwhile is
-/// discarded: this connection answers one request.
+/// Resolves when the client closes its end (or resets it), or sends more than
+/// `MAX_TRAILING_INPUT` after its request: this connection answers one request, and a client
+/// that keeps sending is dropped rather than read for ever.
 async fn closed_by_client(socket: &TcpStream) {
-    let mut discard = [0u8; 64];
-    loop {
+    let mut discard = [0u8; 256];
+    let mut received = 0;
+    while received <= MAX_TRAILING_INPUT {
         if socket.readable().await.is_err() {
             return;
         }
         match socket.try_read(&mut discard) {
             Ok(0) => return,
-            Ok(_) => {}
+            Ok(n) => received += n,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }
     }
+    tracing::debug!(
+        received,
+        "client kept sending after its request; closing its stream"
+    );
 }
 
-/// Serves the connection with hyper, which first reads the bytes this module already read.
-async fn hyper(io: Rewind, router: Router, shutdown: CancellationToken) {
+/// Serves the connection with hyper, which first reads the bytes this module already read, with
+/// the same limits as the streamed path: head size and header count, `head_timeout` for each
+/// head (the first one's remainder; it also closes a keep-alive connection idle that long), and
+/// a client that stops reading is dropped after `WRITE_STALL`.
+async fn hyper(io: Rewind, router: Router, head_timeout: Duration, shutdown: CancellationToken) {
     let service = TowerToHyperService::new(router);
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(HYPER_MAX_BUFFER)
+        .max_headers(HYPER_MAX_HEADERS)
+        .header_read_timeout(head_timeout.max(Duration::from_millis(1)));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let served = tokio::select! {
@@ -342,11 +404,14 @@ async fn hyper(io: Rewind, router: Router, shutdown: CancellationToken) {
     }
 }
 
-/// A socket whose first reads return bytes already taken from it.
+/// A socket whose first reads return bytes already taken from it, and whose writes fail with
+/// `TimedOut` once the client has accepted nothing for `WRITE_STALL` (hyper would wait for ever).
 struct Rewind {
     read: Vec<u8>,
     offset: usize,
     socket: TcpStream,
+    /// Armed while a write waits for room in the socket.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Rewind {
@@ -355,6 +420,26 @@ impl Rewind {
             read,
             offset: 0,
             socket,
+            stall: None,
+        }
+    }
+
+    /// Passes a write's outcome through, timing how long it has been waiting for room.
+    fn stall_guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if written.is_ready() {
+            self.stall = None;
+            return written;
+        }
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -386,7 +471,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().socket).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.socket).poll_write(cx, buf);
+        this.stall_guard(cx, written)
     }
 
     fn poll_write_vectored(
@@ -394,7 +481,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().socket).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.socket).poll_write_vectored(cx, bufs);
+        this.stall_guard(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

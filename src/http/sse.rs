@@ -48,7 +48,21 @@ pub async fn subscribe(
     })
     .map_err(|e| ApiError::bad_request(e.to_string()))?;
 
-    let subscription = app.live.subscribe(&member.id).ok();
+    // Past MAX_STREAMS, `retry:` only: the browser comes back later, and the connections kept in
+    // reserve stay free for health checks and publishes.
+    let full = app.metrics.open_streams.get() >= app.config.limits.max_streams as i64;
+    if full {
+        app.metrics.streams_refused.inc();
+    }
+    let subscription = if full {
+        None
+    } else {
+        let subscription = app.live.subscribe(&member.id).ok();
+        if subscription.is_none() {
+            app.metrics.store_unavailable_subscribes.inc();
+        }
+        subscription
+    };
     tracing::debug!(member_id = %member.id, ?resume, live = subscription.is_some(), "stream opened");
     let session = Session::new(app, member, resume, subscription);
     let body = Body::from_stream(stream::unfold(session, |mut session| async move {
@@ -143,8 +157,7 @@ impl Session {
     async fn start(&mut self, resume: Resume) -> Bytes {
         let mut out = format!("retry: {}\n\n", self.app.config.retry.as_millis());
         if self.subscription.is_none() {
-            self.app.metrics.store_unavailable_subscribes.inc();
-            return out.into();
+            return out.into(); // Redis unreachable, or MAX_STREAMS open (counted in `subscribe`)
         }
         let after = match resume {
             Resume::Fresh => {

@@ -43,6 +43,8 @@ struct HubInner {
     partitions: [Partition; PARTITIONS],
     next_slot: AtomicU64,
     metrics: Metrics,
+    /// Streams one member may hold here; a newer one closes the oldest.
+    max_per_member: usize,
 }
 
 #[derive(Default)]
@@ -63,18 +65,21 @@ struct Slot {
 pub struct NotReady;
 
 impl Hub {
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, max_per_member: usize) -> Self {
         let inner = HubInner {
             partitions: Default::default(),
             next_slot: AtomicU64::new(0),
             metrics,
+            max_per_member: max_per_member.max(1),
         };
         Self {
             inner: Arc::new(inner),
         }
     }
 
-    /// Registers a stream for `member`'s live notifications.
+    /// Registers a stream for `member`'s live notifications. A member at its cap loses its oldest
+    /// stream (that tab reconnects and resumes, and the newest one is served): one token cannot
+    /// hold the instance's descriptors, and a native EventSource is never refused for good.
     pub fn subscribe(&self, member: &MemberId) -> Result<Subscription, NotReady> {
         let partition = partition_of(member);
         if !self.inner.partitions[partition]
@@ -85,11 +90,14 @@ impl Hub {
         }
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let id = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .lock(partition)
-            .entry(member.clone())
-            .or_default()
-            .push(Slot { id, tx });
+        let mut subscribers = self.inner.lock(partition);
+        let slots = subscribers.entry(member.clone()).or_default();
+        if slots.len() >= self.inner.max_per_member {
+            slots.remove(0); // its stream ends when it next looks for a live notification
+            self.inner.metrics.member_cap_closes.inc();
+        }
+        slots.push(Slot { id, tx });
+        drop(subscribers);
         Ok(Subscription {
             rx,
             hub: self.inner.clone(),
@@ -128,12 +136,8 @@ impl Hub {
                 Fanned::Notification { member, entry } => (member, entry),
                 Fanned::Lost => {
                     // Redis lost writes here: whoever streamed past them must resume by id.
-                    let dropped = std::mem::take(&mut *subscribers);
-                    tracing::warn!(
-                        partition,
-                        members = dropped.len(),
-                        "redis lost notifications of this partition; closing its streams so they resume by id"
-                    );
+                    self.inner
+                        .close_all(&mut subscribers, partition, "redis lost notifications");
                     continue;
                 }
             };
@@ -171,20 +175,33 @@ impl Hub {
         }
     }
 
-    /// Closes every stream of a partition: its reader missed entries, so live delivery there can
-    /// no longer be exact. Clients reconnect and resume from their member stream.
-    fn reset(&self, partition: usize) {
-        let dropped = std::mem::take(&mut *self.inner.lock(partition));
-        self.inner.metrics.live_gaps.inc();
-        tracing::warn!(
-            partition,
-            members = dropped.len(),
-            "gap in fan-out stream; closing its streams so they resume by id"
-        );
+    /// Closes every stream of a partition: live delivery there can no longer be exact (`why`).
+    /// Clients reconnect and resume from their member stream.
+    fn reset(&self, partition: usize, why: &'static str) {
+        let mut subscribers = self.inner.lock(partition);
+        self.inner.close_all(&mut subscribers, partition, why);
     }
 }
 
 impl HubInner {
+    fn close_all(
+        &self,
+        subscribers: &mut HashMap<MemberId, Vec<Slot>>,
+        partition: usize,
+        why: &'static str,
+    ) {
+        let streams: usize = std::mem::take(subscribers).values().map(Vec::len).sum();
+        self.metrics.live_gaps.inc();
+        if streams > 0 {
+            tracing::warn!(
+                partition,
+                streams,
+                why,
+                "closing the partition's streams so they resume by id"
+            );
+        }
+    }
+
     fn lock(&self, partition: usize) -> MutexGuard<'_, HashMap<MemberId, Vec<Slot>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single-step updates).
         self.partitions[partition]

@@ -76,7 +76,7 @@ async fn follow(
             // Redis lost writes this instance saw: its streams there may have delivered them,
             // so they resume by id and are told `recovered: false`.
             metrics.data_losses.inc();
-            hub.reset(partition);
+            hub.reset(partition, "redis lost notifications this instance saw");
         }
     }
     let positions = match positions {
@@ -87,8 +87,8 @@ async fn follow(
             for (&partition, position) in positions.iter_mut() {
                 let tail = feed.tail(partition).await?;
                 if tail < *position {
-                    tracing::warn!(partition, %position, %tail, "fan-out stream lost entries; subscribers resume by id");
-                    hub.reset(partition);
+                    tracing::debug!(partition, %position, %tail, "fan-out stream ends before the reader's position");
+                    hub.reset(partition, "the fan-out stream lost entries");
                     *position = tail;
                 }
             }
@@ -119,7 +119,7 @@ async fn follow(
                 continue;
             };
             if entries.first().is_some_and(|first| first.prev != *position) {
-                hub.reset(partition);
+                hub.reset(partition, "gap in the fan-out stream");
             }
             // Later gaps inside one batch cannot happen: the batch is contiguous in Redis.
             if let Some(last) = entries.last() {
@@ -154,7 +154,7 @@ async fn check_eviction_policy(
             for &partition in partitions {
                 feed.confirm_epoch(partition, true).await?;
                 metrics.data_losses.inc();
-                hub.reset(partition);
+                hub.reset(partition, "redis may have evicted notifications");
             }
         }
         _ => {}

@@ -259,7 +259,7 @@ impl Store {
                 if let Some(marker) = written.lost_marker {
                     out[n].losses_proven += 1;
                     self.forget_lost(partition, written.seen_before, marker);
-                    tracing::warn!(partition, seen = %written.seen_before, %marker, "redis lost acknowledged notifications; clients positioned before now will be told recovered: false");
+                    tracing::warn!(partition, seen = %written.seen_before, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
                 }
                 if let Some(fanout) = written.fanout {
                     self.see(partition, fanout);
@@ -425,9 +425,9 @@ impl Store {
             .try_into()
             .map_err(|_| StoreError::Reply("replay script returned the wrong shape"))?;
         let lost_at = optional_id(&lost_at)?;
-        if let Some(tail) = lost_at {
-            self.forget_lost(partition, seen, tail);
-            tracing::warn!(partition, %seen, %tail, "redis lost acknowledged notifications; clients positioned before now will be told recovered: false");
+        if let Some(marker) = lost_at {
+            self.forget_lost(partition, seen, marker);
+            tracing::warn!(partition, %seen, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
         }
         Ok(ReplayHead {
             snapshot: Snapshot {
@@ -524,9 +524,11 @@ impl Feed {
             .invoke_async(&mut self.conn)
             .await?;
         match parse_optional_id(reply.1.as_bytes())? {
-            Some(tail) => {
-                self.store.forget_lost(partition, seen, tail);
-                tracing::warn!(partition, %seen, %tail, "redis lost acknowledged notifications; clients positioned before now will be told recovered: false");
+            Some(marker) => {
+                self.store.forget_lost(partition, seen, marker);
+                if !lost {
+                    tracing::warn!(partition, %seen, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
+                }
                 Ok(true)
             }
             None => Ok(false),

@@ -161,3 +161,104 @@ async fn gateway_mode_trusts_the_member_id_header_or_query() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_mode_refuses_a_bad_or_doubled_header_instead_of_trusting_the_query() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &["--auth-mode", "gateway"]).await;
+    let send = |headers: Vec<(&'static str, reqwest::header::HeaderValue)>| {
+        let mut request = app
+            .client
+            .get(format!("{}/notification/subscribe?member_id=bob", app.url));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let utf8 = reqwest::header::HeaderValue::from_bytes("josé".as_bytes()).unwrap();
+    let invalid = reqwest::header::HeaderValue::from_static("a b");
+    let alice = reqwest::header::HeaderValue::from_static("alice");
+    for (case, headers) in [
+        ("a header that is not ASCII", vec![("member_id", utf8)]),
+        (
+            "a header that is not a member id",
+            vec![("member_id", invalid)],
+        ),
+        (
+            "two headers that differ",
+            vec![
+                ("member_id", alice.clone()),
+                (
+                    "member_id",
+                    reqwest::header::HeaderValue::from_static("bob"),
+                ),
+            ],
+        ),
+    ] {
+        let response = send(headers).await.expect("a response");
+        assert_eq!(response.status(), 401, "{case}: bob's stream was served");
+    }
+    // The same value twice is one word.
+    let response = send(vec![("member_id", alice.clone()), ("member_id", alice)])
+        .await
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let mut stream = SseStream::new(response);
+    stream.next(WAIT).await.unwrap();
+    assert_eq!(
+        stream.next(WAIT).await.unwrap().json()["member_id"],
+        "alice"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_audience_and_issuer_are_checked_and_tokens_without_exp_are_counted() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(
+        &redis.url(),
+        &[
+            "--jwt-audience",
+            "notify",
+            "--jwt-issuer",
+            "https://id.example",
+        ],
+    )
+    .await;
+    let status = |claims: serde_json::Value| {
+        let token = token_with(claims);
+        let app = &app;
+        async move {
+            app.subscribe_response("/notification/subscribe", Some(&token), &[])
+                .await
+                .status()
+        }
+    };
+    assert_eq!(
+        status(json!({"sub": "a1", "exp": now_secs() + 60})).await,
+        401,
+        "no aud, no iss"
+    );
+    assert_eq!(
+        status(json!({"sub": "a1", "aud": "other", "iss": "https://id.example"})).await,
+        401
+    );
+    assert_eq!(
+        status(json!({"sub": "a1", "aud": ["x", "notify"], "iss": "https://id.example"})).await,
+        200
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sse_notify_tokens_without_exp_total 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

@@ -147,3 +147,72 @@ fn compose_file_is_valid_and_configures_the_service_as_it_expects() {
         );
     }
 }
+
+/// The Dockerfile's build stage sees only what it `COPY`s: that set must be a complete, locked
+/// workspace (a member it does not copy makes cargo refuse the manifest, and `docker compose up
+/// --build` fail). Rebuilt here as the Dockerfile would, then checked with `cargo metadata`.
+#[test]
+fn the_dockerfile_copies_a_complete_locked_workspace() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("a Dockerfile");
+    let context = std::env::temp_dir().join(format!("sse-notify-docker-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&context).expect("a temp dir");
+    let build_stage = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("FROM "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "));
+    let mut copied = 0;
+    for line in build_stage.filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let (dest, sources) = words.split_last().expect("COPY has a destination");
+        for source in sources {
+            let target = if sources.len() > 1 || dest.ends_with('/') {
+                context.join(dest).join(source)
+            } else {
+                context.join(dest)
+            };
+            let status = Command::new("cp")
+                .args(["-r"])
+                .arg(root.join(source))
+                .arg(&target)
+                .status()
+                .expect("cp runs");
+            assert!(
+                status.success(),
+                "COPY {source} {dest}: not in the repository"
+            );
+            copied += 1;
+        }
+    }
+    assert!(copied >= 2, "no COPY lines found in the build stage");
+    // The platform filter keeps cargo to packages this machine has (Windows-only ones are not
+    // downloaded); resolution with `--locked` still checks Cargo.lock against every manifest.
+    let host = Command::new("rustc")
+        .args(["-vV"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| {
+            v.lines()
+                .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        })
+        .expect("rustc -vV names the host");
+    let output = Command::new(env!("CARGO"))
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", &host])
+        .current_dir(&context)
+        .output()
+        .expect("cargo runs");
+    let _ = std::fs::remove_dir_all(&context);
+    assert!(
+        output.status.success(),
+        "the Dockerfile's build context is not a complete locked workspace: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap_or_default();
+    assert!(
+        ignored.lines().any(|l| l.trim() == "target"),
+        ".dockerignore must keep target/ out of the build context"
+    );
+}

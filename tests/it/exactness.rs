@@ -154,28 +154,54 @@ async fn entries_trimmed_under_a_slow_replay_end_it_and_the_reconnect_is_told_fa
     assert_eq!(ids_through(&mut again, &ids[1199]).await, ids[600..]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failover_to_a_lagging_replica_is_told_false_before_the_live_reader_notices() {
+/// A primary, a replica that stops following after `kept` was replicated, and an instance that
+/// then had one more notification acknowledged (the one the failover loses). The failover has
+/// begun: the command connection reaches the replica, while the live reader still blocks on the
+/// old primary (so the hub still says ready and nothing else has noticed yet).
+struct LaggingFailover {
+    _primary: RedisServer,
+    replica: RedisServer,
+    relay: Relay,
+    app: TestApp,
+    kept: String,
+}
+
+async fn lagging_failover(member: &str) -> LaggingFailover {
     let primary = RedisServer::start();
     let replica = RedisServer::start();
     replica.replicate(&primary);
     let relay = Relay::start(primary.port()).await;
     let app = TestApp::start(&relay.url(), &[]).await;
-    let kept = app.publish("m4", json!("replicated")).await;
-    let key = stream_key(&primary, "m4");
+    let kept = app.publish(member, json!("replicated")).await;
+    let key = stream_key(&primary, member);
     eventually("the replica holds the first notification", || {
         let len = replica.cli(&["XLEN", &key]);
         async move { (len == "1").then_some(()) }
     })
     .await;
-    // The replica stops following: what the primary acknowledges next, it will not have.
     replica.cli(&["REPLICAOF", "NO", "ONE"]);
-    app.publish("m4", json!("acknowledged, then lost")).await;
-
-    // Failover: the command connection reaches the replica; the live reader still blocks on the
-    // old primary, so the hub still says ready and nothing else has noticed yet.
+    app.publish(member, json!("acknowledged, then lost")).await;
     relay.redirect(replica.port());
     relay.cut_commands();
+    LaggingFailover {
+        _primary: primary,
+        replica,
+        relay,
+        app,
+        kept,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_lagging_replica_is_told_false_before_the_live_reader_notices() {
+    // Bound, not `..`: a field left out of the pattern would be dropped (its server killed) here.
+    let LaggingFailover {
+        _primary,
+        replica,
+        relay,
+        app,
+        kept,
+    } = lagging_failover("m4").await;
     let (stream, recovered) = resume(&app, "m4", &kept).await;
     assert!(
         !recovered,
@@ -194,30 +220,20 @@ async fn a_failover_to_a_lagging_replica_is_told_false_before_the_live_reader_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_after_a_failover_proves_the_loss_before_its_new_id_hides_it() {
-    let primary = RedisServer::start();
-    let replica = RedisServer::start();
-    replica.replicate(&primary);
-    let relay = Relay::start(primary.port()).await;
-    let app = TestApp::start(&relay.url(), &[]).await;
-    let kept = app.publish("m14", json!("replicated")).await;
-    let key = stream_key(&primary, "m14");
-    eventually("the replica holds the first notification", || {
-        let len = replica.cli(&["XLEN", &key]);
-        async move { (len == "1").then_some(()) }
-    })
-    .await;
-    replica.cli(&["REPLICAOF", "NO", "ONE"]);
-    app.publish("m14", json!("acknowledged, then lost")).await;
-
-    // Failover; the first thing the instance does on the promoted replica is a publish, whose id
-    // is newer than the lost one: after it, nothing the instance has seen is missing any more.
-    relay.redirect(replica.port());
-    relay.cut_commands();
-    let after = eventually("a publish on the promoted replica", || {
+    let LaggingFailover {
+        _primary,
+        replica: _replica,
+        relay,
+        app,
+        kept,
+    } = lagging_failover("m14").await;
+    // The first thing the instance does on the promoted replica is a publish, whose id is newer
+    // than the lost one: after it, nothing the instance has seen is missing any more.
+    eventually("a publish on the promoted replica", || {
         let publish = app.publish_raw(json!({ "member_id": "m14", "content": "after" }), &[]);
         async move { (publish.await.status() == 201).then_some(()) }
-    });
-    after.await;
+    })
+    .await;
     relay.cut(); // the reader follows the replica too
     let (_, recovered) = resume(&app, "m14", &kept).await;
     assert!(

@@ -9,6 +9,7 @@ mod compose;
 mod connection;
 mod exactness;
 mod history;
+mod hostile;
 mod kafka;
 mod migrate;
 mod ops;

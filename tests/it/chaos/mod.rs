@@ -611,10 +611,12 @@ async fn soak() {
         .ok()
         .and_then(|m| m.parse().ok())
         .unwrap_or(30);
-    let mut seed: u64 = std::env::var("CHAOS_SEED")
+    let first: u64 = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    let mut seed = first;
+    let mut last = first;
     let end = tokio::time::Instant::now() + Duration::from_secs(minutes * 60);
     let mut totals = Report::default();
     let mut schedules = 0;
@@ -622,6 +624,7 @@ async fn soak() {
         let report = run(seed, Duration::from_secs(120)).await;
         eprintln!("{report}");
         schedules += 1;
+        last = seed;
         totals.clients += report.clients;
         totals.sessions += report.sessions;
         totals.published += report.published;
@@ -635,7 +638,7 @@ async fn soak() {
         }
         seed += 1;
     }
-    totals.seed = seed;
-    eprintln!("soak: {schedules} schedules, last seed {seed}: {totals}");
+    totals.seed = first;
+    eprintln!("soak: {schedules} schedules, seeds {first}..={last}: {totals}");
     assert!(totals.violations.is_empty(), "{totals}");
 }

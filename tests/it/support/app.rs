@@ -185,7 +185,7 @@ pub struct RawPublisher {
 }
 
 impl RawPublisher {
-    /// The first id on 200/201; `None` on 503 or a failed request; panics on anything else.
+    /// The first id on 200/201; `None` on 503, 504 or a failed request; panics on anything else.
     pub async fn post(&self, body: Value, idempotency_key: &str) -> Option<String> {
         let response = self
             .client
@@ -198,7 +198,8 @@ impl RawPublisher {
             .ok()?;
         match response.status().as_u16() {
             200 | 201 => {}
-            503 => return None,
+            // Nothing stored (503), or unknown (504): the caller retries with the same key.
+            503 | 504 => return None,
             other => panic!("publish answered {other}"),
         }
         let body: Value = response.json().await.ok()?;

@@ -1,0 +1,178 @@
+//! Hostile clients: oversized heads, a client that keeps sending after its request, one member's
+//! token opening stream after stream, more connections than the instance keeps room for, and
+//! Redis targets that cannot work. Each limit holds on both HTTP paths (the streaming one and
+//! hyper's).
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::support::sse::SseStream;
+use crate::support::{RedisServer, TestApp, WAIT, token};
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .expect("connect to the service")
+}
+
+/// Everything the service sends until it closes the connection (bounded by `WAIT`).
+async fn read_to_close(socket: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(WAIT, socket.read_to_end(&mut received)).await;
+    assert!(
+        read.is_ok(),
+        "the connection stayed open; got {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_on_both_paths() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let padding = "x".repeat(40 * 1024);
+    for path in ["/notifications", "/notification/subscribe"] {
+        let mut socket = connect(&app).await;
+        let head = format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Pad: {padding}");
+        // The head never ends: the service must not keep reading it into memory.
+        let _ = socket.write_all(head.as_bytes()).await;
+        let answer = read_to_close(&mut socket).await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{path}: {answer:?}");
+    }
+    let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut socket = connect(&app).await;
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many}\r\n");
+    socket.write_all(head.as_bytes()).await.expect("write");
+    let answer = read_to_close(&mut socket).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "100 headers: {answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_sending_after_its_request_is_dropped() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let mut socket = connect(&app).await;
+    let head = format!(
+        "GET /notification/subscribe HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("blaster")
+    );
+    socket.write_all(head.as_bytes()).await.expect("write");
+    // The stream starts; then the client blasts bytes the service has no use for.
+    let mut first = [0u8; 512];
+    let n = socket.read(&mut first).await.expect("the stream's head");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let blast = vec![b'z'; 64 * 1024];
+    let _ = tokio::time::timeout(WAIT, socket.write_all(&blast)).await;
+    read_to_close(&mut socket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_cannot_hold_more_than_its_cap_and_the_oldest_stream_makes_way() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &["--max-streams-per-member", "2"]).await;
+    let mut oldest = app.subscribe("tabs", "", &[]).await;
+    oldest.next(WAIT).await.expect("retry");
+    oldest.next(WAIT).await.expect("connected");
+    let mut second = app.subscribe("tabs", "", &[]).await;
+    second.next(WAIT).await.expect("retry");
+    second.next(WAIT).await.expect("connected");
+    let mut third = app.subscribe("tabs", "", &[]).await;
+    third.next(WAIT).await.expect("retry");
+    third.next(WAIT).await.expect("connected");
+    // The oldest ends (its browser reconnects); the newest two are served.
+    oldest.until_closed(WAIT).await;
+    let id = app.publish("tabs", serde_json::json!("to both")).await;
+    for stream in [&mut second, &mut third] {
+        assert_eq!(
+            stream.next_notification(WAIT).await.id.as_deref(),
+            Some(id.as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_streams_a_subscribe_is_told_to_retry_and_health_checks_still_answer() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(
+        &redis.url(),
+        &["--max-streams", "2", "--max-connections", "8"],
+    )
+    .await;
+    let mut open = Vec::new();
+    for member in ["s1", "s2"] {
+        let mut stream = app.subscribe(member, "", &[]).await;
+        stream.next(WAIT).await.expect("retry");
+        assert_eq!(
+            stream.next(WAIT).await.expect("connected").event.as_deref(),
+            Some("connected")
+        );
+        open.push(stream);
+    }
+    let response = app
+        .subscribe_response("/notification/subscribe", Some(&token("s3")), &[])
+        .await;
+    assert_eq!(
+        response.status(),
+        200,
+        "a native EventSource must not give up"
+    );
+    let frames = SseStream::new(response).until_closed(WAIT).await;
+    assert_eq!(frames.len(), 1, "retry: only, then close: {frames:?}");
+    assert!(frames[0].retry.is_some());
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_new_connections_are_closed_at_once() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(
+        &redis.url(),
+        &["--max-connections", "3", "--max-streams", "1"],
+    )
+    .await;
+    // Three idle connections take every slot (accepted in order, before the fourth).
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(connect(&app).await);
+    }
+    let mut refused = connect(&app).await;
+    let _ = refused
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let answer = read_to_close(&mut refused).await;
+    assert_eq!(answer, "", "closed without an answer");
+    drop(idle);
+    let fresh = reqwest::Client::new(); // a new connection, not one the pool kept
+    crate::support::eventually("a free slot again", || {
+        let request = fresh.get(format!("{}/healthz", app.url)).send();
+        async move { request.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+    })
+    .await;
+}
+
+#[test]
+fn a_redis_target_that_cannot_work_refuses_to_start() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sse-notify"))
+        .env_clear()
+        .env("AUTH_MODE", "gateway")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("REDIS_URL", "rediss://user:secret@redis.example:6380")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("REDIS_URL") && !stderr.contains("secret"),
+        "{stderr}"
+    );
+}
