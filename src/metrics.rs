@@ -21,6 +21,7 @@ pub struct Metrics(Arc<Handles>);
 pub struct Handles {
     registry: Registry,
     pub open_streams: Gauge,
+    pub open_connections: Gauge,
     pub published: Counter,
     pub delivered: Counter,
     pub replayed: Counter,
@@ -51,6 +52,7 @@ impl Metrics {
         let metrics = Handles {
             registry: Registry::default(),
             open_streams: Gauge::default(),
+            open_connections: Gauge::default(),
             published: Counter::default(),
             delivered: Counter::default(),
             replayed: Counter::default(),
@@ -79,6 +81,11 @@ impl Metrics {
             "open_streams",
             "SSE streams currently open",
             metrics.open_streams.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections currently open (at most MAX_CONNECTIONS)",
+            metrics.open_connections.clone(),
         );
         registry.register(
             "notifications_published",

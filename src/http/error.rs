@@ -18,6 +18,8 @@ pub enum ApiError {
     NotFound,
     #[error("request body is larger than 64 KiB")]
     PayloadTooLarge,
+    #[error("the request did not arrive in time")]
+    RequestTimeout,
     /// Nothing was stored (Redis refused the connection or answered with an error).
     #[error("notification store unavailable")]
     StoreUnavailable(#[from] StoreError),
@@ -41,6 +43,7 @@ impl IntoResponse for ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
         };

@@ -28,6 +28,10 @@ use crate::store::Store;
 
 /// Largest accepted request body (API.md, publish: 413 above it).
 pub const MAX_BODY: usize = 64 * 1024;
+/// From a request's head to its response: a body that never finishes arriving (a publish that
+/// declares 10 GB and sends a byte) cannot hold a connection and a task for good. An event
+/// stream's response starts at once; its body is not bound by this.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Everything a handler needs; each field is a cheap handle.
 #[derive(Clone)]
@@ -52,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(ops::demo))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(deadline))
         .with_state(state);
     let router = match cors {
         Some(cors) => router.layer(cors),
@@ -64,6 +69,25 @@ pub fn router(state: AppState) -> Router {
     router.layer(TraceLayer::new_for_http().on_failure(()).make_span_with(|request: &Request<_>| {
         tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %request_id(request))
     }))
+}
+
+/// Answers 408 (and closes the connection) when a request takes longer than `REQUEST_TIMEOUT`.
+async fn deadline(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = ApiError::RequestTimeout.into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// The caller's `x-request-id` when it is a plain token (1-128 of `A-Z a-z 0-9 . _ : -`, so it

@@ -115,8 +115,11 @@ pub async fn serve(
         // SSE frames are small and each is written whole: Nagle would only delay them.
         let _ = socket.set_nodelay(true);
         let connection = connection(socket, router.clone(), metrics.clone(), shutdown.clone());
+        let open = metrics.clone();
+        open.open_connections.inc();
         connections.spawn(async move {
             connection.await;
+            open.open_connections.dec();
             drop(slot);
         });
     }

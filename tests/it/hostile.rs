@@ -176,3 +176,118 @@ fn a_redis_target_that_cannot_work_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_arriving_gets_408_and_the_connection_closes() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let mut socket = connect(&app).await;
+    let head = format!(
+        "POST /notifications HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{{",
+        crate::support::app::PUBLISH_TOKEN
+    );
+    socket.write_all(head.as_bytes()).await.expect("write");
+    let mut received = Vec::new();
+    // The request deadline is 30 s; the connection must be closed shortly after.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(45),
+        socket.read_to_end(&mut received),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "still open: {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    let answer = String::from_utf8_lossy(&received);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("request_timeout"), "{answer:?}");
+}
+
+async fn open_connections(app: &TestApp) -> i64 {
+    // A fresh client: the pool's keep-alive connection would be counted too.
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sse_notify_open_connections "))
+        .and_then(|v| v.parse().ok())
+        .expect("the open_connections gauge")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_outgrows_the_streaming_path_keeps_its_one_deadline() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let mut socket = connect(&app).await;
+    let started = std::time::Instant::now();
+    socket
+        .write_all(b"GET /notification/subscribe HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .expect("write");
+    // 1 KiB of header every 1.5 s: past the streaming path's 16 KiB at ~24 s, then on and on.
+    let line = format!("X-Slow: {}\r\n", "s".repeat(1014));
+    let closed = loop {
+        if socket.write_all(line.as_bytes()).await.is_err() {
+            break started.elapsed();
+        }
+        let mut probe = [0u8; 1024];
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(1500),
+            socket.read(&mut probe),
+        )
+        .await
+        {
+            Ok(Ok(0) | Err(_)) => break started.elapsed(),
+            Ok(Ok(_)) => {} // a 408/431 answer; the close follows
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(50),
+            "still open after 50 s"
+        );
+    };
+    assert!(
+        closed < std::time::Duration::from_secs(40),
+        "the head got a second deadline: closed after {closed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_stream_hyper_serves_is_dropped() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let publisher = app.publisher();
+    publisher.publish("warm-up", serde_json::json!(0)).await; // the pool's connection, counted
+    let before = open_connections(&app).await;
+    let mut socket = connect(&app).await;
+    // HTTP/1.0: hyper serves it (the streaming path takes HTTP/1.1 only).
+    let head = format!(
+        "GET /notification/subscribe HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("stalled")
+    );
+    socket.write_all(head.as_bytes()).await.expect("write");
+    let big = "y".repeat(30_000);
+    for i in 0..400 {
+        publisher
+            .publish("stalled", serde_json::json!({ "i": i, "pad": big }))
+            .await;
+    }
+    // The client reads nothing: its connection must be dropped (30 s after its socket filled),
+    // not held for good.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(75);
+    while open_connections(&app).await > before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled connection is still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    drop(socket);
+}
