@@ -32,6 +32,7 @@ pub struct Handles {
     pub member_cap_closes: Counter,
     pub streams_refused: Counter,
     pub connections_refused: Counter,
+    pub idle_connections_evicted: Counter,
     pub data_losses: Counter,
     pub publish_outcome_unknown: Counter,
     pub store_unavailable_subscribes: Counter,
@@ -63,6 +64,7 @@ impl Metrics {
             member_cap_closes: Counter::default(),
             streams_refused: Counter::default(),
             connections_refused: Counter::default(),
+            idle_connections_evicted: Counter::default(),
             data_losses: Counter::default(),
             publish_outcome_unknown: Counter::default(),
             store_unavailable_subscribes: Counter::default(),
@@ -131,6 +133,11 @@ impl Metrics {
             "connections_refused",
             "Connections closed on accept because MAX_CONNECTIONS were open",
             metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "idle_connections_evicted",
+            "Connections that had sent no request, closed at MAX_CONNECTIONS to make room for a new one",
+            metrics.idle_connections_evicted.clone(),
         );
         registry.register(
             "tokens_without_exp",

@@ -56,12 +56,65 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 /// failures go on.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a new connection waits for the slot of one closed to make room for it.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// Connections that have not sent their first request yet (idle sockets, slow heads), oldest
+/// first: at the connection limit the oldest is closed to make room, so a flood of idle sockets
+/// cannot lock out health checks and real clients. A connection being served is never closed.
+#[derive(Default)]
+struct Waiting {
+    next: std::sync::atomic::AtomicU64,
+    connections: std::sync::Mutex<std::collections::BTreeMap<u64, CancellationToken>>,
+}
+
+/// A connection's place in [`Waiting`] until its first request has arrived.
+struct Ticket {
+    waiting: std::sync::Arc<Waiting>,
+    id: u64,
+    evicted: CancellationToken,
+}
+
+impl Ticket {
+    /// Its first request arrived (or it ended): it can no longer be evicted.
+    fn served(self) {
+        self.waiting.lock().remove(&self.id);
+    }
+}
+
+impl Waiting {
+    fn register(self: &std::sync::Arc<Self>) -> Ticket {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        self.lock().insert(id, evicted.clone());
+        Ticket {
+            waiting: self.clone(),
+            id,
+            evicted,
+        }
+    }
+
+    /// Closes the connection that has waited longest for its first request; false if none.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.lock().pop_first();
+        oldest.map(|(_, token)| token.cancel()).is_some()
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, CancellationToken>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Serves until `shutdown` is cancelled, then stops accepting and waits for open connections:
 /// streams end themselves with a goodbye, hyper connections finish their request and close.
-/// At most `max_connections` are open at once: a connection past that is closed as soon as it
-/// is accepted (a browser retries; a probe sees a refusal instead of the process running out of
-/// descriptors and stalling everyone).
+/// At most `max_connections` are open at once. Past that, the connection that has waited longest
+/// without sending a request is closed to make room; when every connection is being served, the
+/// new one is closed as soon as it is accepted (a browser retries; a probe sees a refusal instead
+/// of the process running out of descriptors and stalling everyone).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -71,6 +124,7 @@ pub async fn serve(
 ) {
     let connections = TaskTracker::new();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let waiting = std::sync::Arc::new(Waiting::default());
     let mut failures: u64 = 0;
     let mut refused: u64 = 0;
     loop {
@@ -96,7 +150,18 @@ pub async fn serve(
             tracing::warn!(failures, "accepting connections again");
             failures = 0;
         }
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) if waiting.evict_oldest() => {
+                metrics.idle_connections_evicted.inc();
+                tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(slot) = slot else {
             if refused == 0 {
                 tracing::warn!(
                     max_connections,
@@ -114,7 +179,15 @@ pub async fn serve(
         }
         // SSE frames are small and each is written whole: Nagle would only delay them.
         let _ = socket.set_nodelay(true);
-        let connection = connection(socket, router.clone(), metrics.clone(), shutdown.clone());
+        // Registered here, in accept order, not when its task first runs: the oldest is evicted.
+        let ticket = waiting.register();
+        let connection = connection(
+            socket,
+            router.clone(),
+            metrics.clone(),
+            ticket,
+            shutdown.clone(),
+        );
         let open = metrics.clone();
         open.open_connections.inc();
         connections.spawn(async move {
@@ -132,10 +205,19 @@ async fn connection(
     socket: TcpStream,
     router: Router,
     metrics: Metrics,
+    ticket: Ticket,
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
-    let first = match tokio::time::timeout(HEAD_TIMEOUT, read_first_head(&socket)).await {
+    let first = tokio::select! {
+        first = tokio::time::timeout(HEAD_TIMEOUT, read_first_head(&socket)) => first,
+        () = ticket.evicted.cancelled() => {
+            tracing::debug!("closed a connection that sent no request, to make room for a new one");
+            return;
+        }
+    };
+    ticket.served();
+    let first = match first {
         Ok(Ok(first)) => first,
         Ok(Err(error)) => {
             tracing::debug!(%error, "connection failed before its first request");

@@ -133,31 +133,52 @@ async fn past_max_streams_a_subscribe_is_told_to_retry_and_health_checks_still_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_max_connections_new_connections_are_closed_at_once() {
+async fn at_max_connections_idle_sockets_make_way_and_served_ones_refuse_the_newcomer() {
     let redis = RedisServer::start();
     let app = TestApp::start(
         &redis.url(),
-        &["--max-connections", "3", "--max-streams", "1"],
+        &["--max-connections", "3", "--max-streams", "3"],
     )
     .await;
-    // Three idle connections take every slot (accepted in order, before the fourth).
-    let mut idle = Vec::new();
-    for _ in 0..3 {
-        idle.push(connect(&app).await);
+    // The readiness check's keep-alive connection holds one slot; idle sockets (no request
+    // sent) take the others...
+    let mut idle = vec![connect(&app).await, connect(&app).await];
+    // ...and a health check still gets in: the oldest idle socket is closed for it.
+    let fresh = reqwest::Client::new();
+    let health = fresh
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        read_to_close(&mut idle[0]).await,
+        "",
+        "the oldest idle socket made way"
+    );
+    drop(idle);
+    drop(fresh);
+    crate::support::eventually("only the pool's connection left", || async {
+        (open_connections_through(&app.client, &app).await == 1).then_some(())
+    })
+    .await;
+    // Every slot held by a connection being served (streams): the newcomer is refused.
+    let mut streams = Vec::new();
+    for member in ["c1", "c2", "c3"] {
+        let mut stream = app.subscribe(member, "", &[]).await;
+        stream.next(WAIT).await.expect("retry");
+        stream.next(WAIT).await.expect("connected");
+        streams.push(stream);
     }
     let mut refused = connect(&app).await;
     let _ = refused
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .await;
-    let answer = read_to_close(&mut refused).await;
-    assert_eq!(answer, "", "closed without an answer");
-    drop(idle);
-    let fresh = reqwest::Client::new(); // a new connection, not one the pool kept
-    crate::support::eventually("a free slot again", || {
-        let request = fresh.get(format!("{}/healthz", app.url)).send();
-        async move { request.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
-    })
-    .await;
+    assert_eq!(
+        read_to_close(&mut refused).await,
+        "",
+        "closed without an answer"
+    );
 }
 
 #[test]
@@ -206,7 +227,11 @@ async fn a_body_that_never_finishes_arriving_gets_408_and_the_connection_closes(
 
 async fn open_connections(app: &TestApp) -> i64 {
     // A fresh client: the pool's keep-alive connection would be counted too.
-    let metrics = reqwest::Client::new()
+    open_connections_through(&reqwest::Client::new(), app).await
+}
+
+async fn open_connections_through(client: &reqwest::Client, app: &TestApp) -> i64 {
+    let metrics = client
         .get(format!("{}/metrics", app.url))
         .send()
         .await
