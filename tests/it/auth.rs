@@ -247,18 +247,6 @@ async fn jwt_audience_and_issuer_are_checked_and_tokens_without_exp_are_counted(
         status(json!({"sub": "a1", "aud": ["x", "notify"], "iss": "https://id.example"})).await,
         200
     );
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("sse_notify_tokens_without_exp_total 1"),
-        "{metrics}"
-    );
+    assert_eq!(app.metric("sse_notify_tokens_without_exp_total").await, 1.0);
     app.stop().await;
 }

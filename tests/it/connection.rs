@@ -38,21 +38,8 @@ async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
     String::from_utf8(received).expect("UTF-8 from the service")
 }
 
-async fn open_streams(app: &TestApp) -> u64 {
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sse_notify_open_streams "))
-        .and_then(|v| v.parse().ok())
-        .expect("the open_streams gauge")
+async fn open_streams(app: &TestApp) -> f64 {
+    app.metric("sse_notify_open_streams").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,12 +65,12 @@ async fn a_request_head_arriving_in_pieces_is_streamed_and_a_closed_client_is_no
     let id = app.publish("7", json!("hello")).await;
     let frame = read_until(&mut socket, &format!("id: {id}\n")).await;
     assert!(frame.contains("data: "), "{frame}");
-    assert_eq!(open_streams(&app).await, 1);
+    assert_eq!(open_streams(&app).await, 1.0);
 
     // The client goes away while its stream is idle: the stream is closed without a write.
     drop(socket);
     eventually("the stream to close", || async {
-        (open_streams(&app).await == 0).then_some(())
+        (open_streams(&app).await == 0.0).then_some(())
     })
     .await;
     app.stop().await;

@@ -159,7 +159,7 @@ async fn at_max_connections_idle_sockets_make_way_and_served_ones_refuse_the_new
     drop(idle);
     drop(fresh);
     crate::support::eventually("only the pool's connection left", || async {
-        (open_connections_through(&app.client, &app).await == 1).then_some(())
+        (app.metric("sse_notify_open_connections").await == 1.0).then_some(())
     })
     .await;
     // Every slot held by a connection being served (streams): the newcomer is refused.
@@ -225,25 +225,10 @@ async fn a_body_that_never_finishes_arriving_gets_408_and_the_connection_closes(
     assert!(answer.contains("request_timeout"), "{answer:?}");
 }
 
-async fn open_connections(app: &TestApp) -> i64 {
-    // A fresh client: the pool's keep-alive connection would be counted too.
-    open_connections_through(&reqwest::Client::new(), app).await
-}
-
-async fn open_connections_through(client: &reqwest::Client, app: &TestApp) -> i64 {
-    let metrics = client
-        .get(format!("{}/metrics", app.url))
-        .send()
+/// Open connections, counted through a fresh client (the pool's would be counted too).
+async fn open_connections(app: &TestApp) -> f64 {
+    app.metric_through(&reqwest::Client::new(), "sse_notify_open_connections")
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sse_notify_open_connections "))
-        .and_then(|v| v.parse().ok())
-        .expect("the open_connections gauge")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

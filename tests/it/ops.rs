@@ -246,27 +246,11 @@ async fn a_client_that_does_not_read_is_disconnected_instead_of_buffered() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let big = "x".repeat(60_000);
-    let metric = |text: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix("sse_notify_slow_client_disconnects_total "))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
     let mut published = 0;
     loop {
         app.publish("slow", json!(big)).await;
         published += 1;
-        let metrics = app
-            .client
-            .get(format!("{}/metrics", app.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric(&metrics) == 1 {
+        if app.metric("sse_notify_slow_client_disconnects_total").await == 1.0 {
             break;
         }
         assert!(
