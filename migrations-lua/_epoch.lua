@@ -1,10 +1,11 @@
--- _epoch.lua: the partition's dataset epoch, shared by epoch.lua and replay.lua (prepended to each
--- when the service is built; not a script of its own).
+-- _epoch.lua: the partition's dataset epoch, shared by publish.lua, replay.lua and epoch.lua
+-- (prepended to each when the service is built; not a script of its own).
 --
 -- The epoch hash n:{tag}:epoch holds `ms`, since when this Redis holds the partition's complete
--- history, and `origin`: `new` when it was created on a dataset without one (a new Redis, or one
--- that lost everything: they cannot be told apart), `lost` when an instance proved that Redis lost
--- writes it had acknowledged. Clients positioned before `ms` are told `recovered: false`.
+-- history; `origin`: `new` when it was created on a dataset without one (a new Redis, or one that
+-- lost everything: they cannot be told apart), `lost` when an instance proved that Redis lost
+-- writes it had seen; and `evidence`, the seen id that proved the last loss. Clients positioned
+-- before `ms` are told `recovered: false`.
 --
 -- The proof of a loss is the partition's fan-out stream: every publish appends to it and only its
 -- oldest entries are trimmed. An instance that saw (read, or was acknowledged) a fan-out entry
