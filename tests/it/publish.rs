@@ -180,6 +180,9 @@ async fn publish_answers_503_while_redis_is_down_and_writes_nothing_half() {
     let mut redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     redis.stop();
+    // Until the instance has noticed, a publish may go out on the dying connection and get no
+    // answer: that is 504 outcome_unknown (exactness.rs tests it).
+    app.wait_unready().await;
     let response = app
         .publish_raw(json!({"member_ids": ["1", "2"], "content": 1}), &[])
         .await;

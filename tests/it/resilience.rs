@@ -1,7 +1,5 @@
 //! Resilience: several instances on one Redis, Redis restarting or away, clients that resume.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use crate::support::browser::{Browser, publish_when_possible};
@@ -69,25 +67,7 @@ async fn subscribing_while_redis_is_away_answers_200_with_only_retry() {
     let mut redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &["--retry-ms", "1234"]).await;
     redis.stop();
-    // The reader notices the lost connection at once (its socket closes).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let status = app
-            .client
-            .get(format!("{}/readyz", app.url))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == 503 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz still 200 with redis down"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_unready().await; // the reader notices at once: its socket closes
     for query in ["", "?lastEventId=0-0"] {
         let mut stream = app.subscribe("42", query, &[]).await;
         let frames = stream.until_closed(WAIT).await;

@@ -74,16 +74,7 @@ impl TestApp {
     /// Waits (bounded) until `/readyz` says ready.
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let ready = self
-                .client
-                .get(format!("{}/readyz", self.url))
-                .send()
-                .await
-                .map(|r| r.status().is_success());
-            if ready.unwrap_or(false) {
-                return;
-            }
+        while !self.readyz().await.0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "instance at {} not ready within {WAIT:?}",
@@ -91,6 +82,31 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until `/readyz` reports Redis unreachable: the instance's own command connection
+    /// has failed (not merely the test's view of Redis), so what it answers next is what an
+    /// outage looks like, not a command lost on a dying connection.
+    pub async fn wait_unready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.readyz().await.1 != Some(false) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "instance at {} still reaches redis after {WAIT:?}",
+                self.url
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `/readyz`: whether it answered 200, and its `redis` field.
+    async fn readyz(&self) -> (bool, Option<bool>) {
+        let Ok(response) = self.client.get(format!("{}/readyz", self.url)).send().await else {
+            return (false, None);
+        };
+        let ok = response.status().is_success();
+        let body: Option<serde_json::Value> = response.json().await.ok();
+        (ok, body.and_then(|b| b["redis"].as_bool()))
     }
 
     /// The value of one metric line (`name` with any suffix, e.g. `sse_notify_open_streams`),
