@@ -10,7 +10,10 @@ COPY bench ./bench
 RUN cargo build --release --locked --bin sse-notify
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 sse-notify
+# The system's certificate authorities: what a rediss:// server is verified against by default.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 sse-notify
 COPY --from=build /src/target/release/sse-notify /usr/local/bin/sse-notify
 USER sse-notify
 EXPOSE 8080

@@ -46,6 +46,9 @@ pub async fn run(
         vec![(0..PARTITIONS).collect()]
     };
     tracing::info!(redis = %config.redis, readers = reader_partitions.len(), "notification store");
+    if config.redis.skips_verification() {
+        tracing::warn!(redis = %config.redis, "REDIS_URL ends in #insecure: the server's certificate is not verified, so anyone on the network path can pose as Redis; give its CA in REDIS_TLS_CA_FILE instead");
+    }
     for partitions in reader_partitions {
         tasks.spawn(live::run_reader(
             store.clone(),

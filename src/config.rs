@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::HeaderValue;
@@ -26,6 +27,16 @@ pub struct Args {
     /// Redis Cluster seed nodes, `host:port` comma-separated; when set, overrides REDIS_URL.
     #[arg(long, env, value_delimiter = ',')]
     pub redis_cluster_nodes: Vec<String>,
+    /// PEM certificate authorities a `rediss://` server's certificate must chain to, instead of
+    /// the system's.
+    #[arg(long, env)]
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// PEM certificate (chain) shown to a Redis that asks clients for one (mutual TLS).
+    #[arg(long, env, requires = "redis_tls_key_file")]
+    pub redis_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `REDIS_TLS_CERT_FILE`.
+    #[arg(long, env, requires = "redis_tls_cert_file")]
+    pub redis_tls_key_file: Option<PathBuf>,
     /// A publish is acknowledged only once this many replicas hold it (Redis `WAIT`); 0 = as soon
     /// as the master does.
     #[arg(long, env, default_value_t = 0)]
@@ -155,43 +166,155 @@ pub struct JwtPolicy {
     pub leeway: Duration,
 }
 
-/// Where notifications are stored.
+/// Where notifications are stored, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
+pub struct RedisTarget {
+    pub servers: RedisServers,
+    pub tls: RedisTls,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisServers {
     /// One Redis server, by URL.
     Standalone(String),
-    /// Redis Cluster seed nodes, each a `redis://` URL; the rest of the cluster is discovered.
+    /// Redis Cluster seed nodes, each a `redis://` (or `rediss://`) URL; the rest of the cluster
+    /// is discovered.
     Cluster(Vec<String>),
+}
+
+/// What a `rediss://` connection trusts and shows, read from PEM files at start-up. Empty: the
+/// system's certificate authorities, no client certificate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca: Option<Vec<u8>>,
+    /// Certificate chain and private key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisTls {
+    fn load(args: &Args) -> Result<Self, ConfigError> {
+        let read = |name: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|error| ConfigError::TlsFile {
+                name,
+                path: path.to_owned(),
+                reason: error.to_string(),
+            })
+        };
+        let ca = match &args.redis_tls_ca_file {
+            None => None,
+            Some(path) => {
+                let pem = read("REDIS_TLS_CA_FILE", path)?;
+                if !pem
+                    .windows(b"-----BEGIN CERTIFICATE-----".len())
+                    .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+                {
+                    return Err(ConfigError::TlsFile {
+                        name: "REDIS_TLS_CA_FILE",
+                        path: path.clone(),
+                        reason: "no PEM certificate in it".to_owned(),
+                    });
+                }
+                Some(pem)
+            }
+        };
+        let identity = match (&args.redis_tls_cert_file, &args.redis_tls_key_file) {
+            (Some(cert), Some(key)) => Some((
+                read("REDIS_TLS_CERT_FILE", cert)?,
+                read("REDIS_TLS_KEY_FILE", key)?,
+            )),
+            _ => None, // clap requires both or neither
+        };
+        Ok(Self { ca, identity })
+    }
+
+    /// In the form the redis crate takes; `None` when nothing replaces its defaults.
+    pub fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca.is_none() && self.identity.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .identity
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        })
+    }
+}
+
+impl fmt::Debug for RedisTls {
+    /// Says what is set, never the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl RedisTarget {
     /// `REDIS_CLUSTER_NODES` when set, else `REDIS_URL`, whose `redis+cluster://` (or
-    /// `rediss+cluster://`) form lists seed nodes: `redis+cluster://[user:pass@]h1:p1,h2:p2`.
-    pub fn new(url: &str, cluster_nodes: &[String]) -> Result<Self, ConfigError> {
-        let target = Self::parse(url, cluster_nodes)?;
+    /// `rediss+cluster://`) form lists seed nodes: `redis+cluster://[user:pass@]h1:p1,h2:p2`;
+    /// and the `REDIS_TLS_*` files.
+    pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        Self::new(
+            &args.redis_url,
+            &args.redis_cluster_nodes,
+            RedisTls::load(args)?,
+        )
+    }
+
+    pub fn new(url: &str, cluster_nodes: &[String], tls: RedisTls) -> Result<Self, ConfigError> {
+        let target = Self {
+            servers: Self::parse(url, cluster_nodes)?,
+            tls,
+        };
         target.check_usable()?;
         Ok(target)
     }
 
-    /// Every URL is one this build can connect to (e.g. `rediss://` needs TLS support): a target
-    /// that cannot work is a start-up error, not a failure at the first command.
+    /// The server URLs: the standalone one, or the cluster's seeds.
+    pub fn urls(&self) -> &[String] {
+        match &self.servers {
+            RedisServers::Standalone(url) => std::slice::from_ref(url),
+            RedisServers::Cluster(nodes) => nodes.as_slice(),
+        }
+    }
+
+    /// Whether a URL turns certificate verification off (`rediss://…/#insecure`).
+    pub fn skips_verification(&self) -> bool {
+        self.urls().iter().any(|url| url.ends_with("#insecure"))
+    }
+
+    /// Every URL is one this build can connect to, with the TLS files given (which need
+    /// `rediss://`): a target that cannot work is a start-up error, not a failure at the first
+    /// command.
     fn check_usable(&self) -> Result<(), ConfigError> {
-        let urls = match self {
-            Self::Standalone(url) => std::slice::from_ref(url),
-            Self::Cluster(nodes) => nodes.as_slice(),
-        };
-        for url in urls {
-            if let Err(error) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
-                return Err(ConfigError::UnusableRedis {
-                    url: redacted(url),
-                    reason: error.to_string(),
-                });
+        for url in self.urls() {
+            let unusable = |reason: String| ConfigError::UnusableRedis {
+                url: redacted(url),
+                reason,
+            };
+            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                .map_err(|error| unusable(error.to_string()))?;
+            let Some(certificates) = self.tls.certificates() else {
+                continue;
+            };
+            if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                return Err(unusable(
+                    "REDIS_TLS_* files are set, but the URL is not rediss://".to_owned(),
+                ));
             }
+            redis::Client::build_with_tls(info, certificates)
+                .map_err(|error| unusable(error.to_string()))?;
         }
         Ok(())
     }
 
-    fn parse(url: &str, cluster_nodes: &[String]) -> Result<Self, ConfigError> {
+    fn parse(url: &str, cluster_nodes: &[String]) -> Result<RedisServers, ConfigError> {
         let cluster_nodes: Vec<&str> = cluster_nodes
             .iter()
             .map(|n| n.trim())
@@ -209,13 +332,15 @@ impl RedisTarget {
                     valid_node(url, node)
                 })
                 .collect::<Result<_, _>>()
-                .map(Self::Cluster);
+                .map(RedisServers::Cluster);
         }
         let cluster = ["redis+cluster://", "rediss+cluster://"]
             .iter()
             .find_map(|prefix| url.strip_prefix(prefix).map(|rest| (prefix, rest)));
         match cluster {
-            None if redis::parse_redis_url(url).is_some() => Ok(Self::Standalone(url.to_owned())),
+            None if redis::parse_redis_url(url).is_some() => {
+                Ok(RedisServers::Standalone(url.to_owned()))
+            }
             None => Err(ConfigError::RedisUrl(redacted(url))),
             Some((prefix, rest)) => {
                 let scheme = prefix.trim_end_matches("+cluster://");
@@ -231,7 +356,7 @@ impl RedisTarget {
                     .split(',')
                     .map(|host| valid_node(format!("{scheme}://{credentials}{host}"), host))
                     .collect::<Result<_, _>>()
-                    .map(Self::Cluster)
+                    .map(RedisServers::Cluster)
             }
         }
     }
@@ -254,23 +379,24 @@ fn redacted(url: &str) -> String {
 }
 
 impl fmt::Display for RedisTarget {
-    /// Hosts only: URLs may carry a password.
+    /// Hosts only (URLs may carry a password), with `tls` for `rediss://`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let host = |url: &str| {
             redis::parse_redis_url(url).map_or_else(
                 || "?".to_owned(),
                 |u| {
+                    let tls = if u.scheme() == "rediss" { " (tls)" } else { "" };
                     format!(
-                        "{}:{}",
+                        "{}:{}{tls}",
                         u.host_str().unwrap_or("?"),
                         u.port().unwrap_or(6379)
                     )
                 },
             )
         };
-        match self {
-            Self::Standalone(url) => f.write_str(&host(url)),
-            Self::Cluster(nodes) => {
+        match &self.servers {
+            RedisServers::Standalone(url) => f.write_str(&host(url)),
+            RedisServers::Cluster(nodes) => {
                 let hosts: Vec<String> = nodes.iter().map(|n| host(n)).collect();
                 write!(f, "cluster {}", hosts.join(","))
             }
@@ -394,6 +520,12 @@ pub enum ConfigError {
     ClusterNode(String),
     #[error("REDIS_URL {url:?} cannot be used: {reason}")]
     UnusableRedis { url: String, reason: String },
+    #[error("{name} {path:?} cannot be used: {reason}")]
+    TlsFile {
+        name: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("KAFKA_TOPICS must name at least one topic")]
     NoKafkaTopics,
     #[error("KAFKA_OPTIONS entry {0:?} is not key=value")]
@@ -405,6 +537,7 @@ impl TryFrom<Args> for Config {
 
     fn try_from(args: Args) -> Result<Self, Self::Error> {
         let limits = Limits::new(&args)?;
+        let redis = RedisTarget::from_args(&args)?;
         let auth = match args.auth_mode.as_str() {
             "jwt" => match args.jwt_secret.filter(|s| !s.is_empty()) {
                 Some(secret) => Auth::Jwt {
@@ -450,7 +583,6 @@ impl TryFrom<Args> for Config {
                 });
             }
         }
-        let redis = RedisTarget::new(&args.redis_url, &args.redis_cluster_nodes)?;
         let publish_wait = (args.publish_wait_replicas > 0).then(|| PublishWait {
             replicas: args.publish_wait_replicas,
             timeout: Duration::from_millis(args.publish_wait_timeout_ms),
@@ -589,29 +721,37 @@ mod tests {
     fn redis_cluster_comes_from_a_cluster_url_or_the_node_list() {
         let target = |url: &str, nodes: &[&str]| {
             let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
-            RedisTarget::new(url, &nodes)
+            RedisTarget::new(url, &nodes, RedisTls::default()).map(|t| t.servers)
         };
         assert_eq!(
             target("redis://r:6379", &[]).unwrap(),
-            RedisTarget::Standalone("redis://r:6379".into())
+            RedisServers::Standalone("redis://r:6379".into())
         );
         assert_eq!(
             target("redis+cluster://:pw@a:7000,b:7001/", &[]).unwrap(),
-            RedisTarget::Cluster(vec![
+            RedisServers::Cluster(vec![
                 "redis://:pw@a:7000".into(),
                 "redis://:pw@b:7001".into()
             ])
         );
         assert_eq!(
+            target("rediss+cluster://a:7000", &[]).unwrap(),
+            RedisServers::Cluster(vec!["rediss://a:7000".into()])
+        );
+        assert_eq!(
             target("redis://ignored:1", &["a:7000", " redis://b:7001 ", ""]).unwrap(),
-            RedisTarget::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+            RedisServers::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
         );
         assert!(target("redis+cluster://", &[]).is_err());
         assert!(target("redis+cluster://a:7000,,b:1", &[]).is_err());
         assert!(target("redis://r", &["a:notaport"]).is_err());
-        let shown = target("redis+cluster://:secret@a:7000,b:7001", &[])
-            .unwrap()
-            .to_string();
+        let shown = RedisTarget::new(
+            "redis+cluster://:secret@a:7000,b:7001",
+            &[],
+            RedisTls::default(),
+        )
+        .unwrap()
+        .to_string();
         assert_eq!(shown, "cluster a:7000,b:7001");
 
         let config = parse(&[
@@ -637,22 +777,80 @@ mod tests {
     }
 
     #[test]
-    fn a_redis_target_this_build_cannot_use_is_refused_without_its_password() {
-        // No TLS support is compiled in: a rediss:// target is a start-up error, not a 503 later.
-        let error = RedisTarget::new("rediss://user:hunter2@r.example:6380", &[]).unwrap_err();
+    fn a_redis_target_that_cannot_work_is_refused_without_its_password() {
+        let tls = RedisTls {
+            ca: Some(
+                b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_vec(),
+            ),
+            identity: None,
+        };
+        // TLS files but a plain-text URL: the operator meant TLS, and would silently not get it.
+        let error =
+            RedisTarget::new("redis://user:hunter2@r.example:6380", &[], tls.clone()).unwrap_err();
         let message = error.to_string();
         assert!(
-            matches!(error, ConfigError::UnusableRedis { .. }),
+            matches!(error, ConfigError::UnusableRedis { .. }) && message.contains("rediss://"),
             "{message}"
         );
         assert!(
             message.contains("r.example") && !message.contains("hunter2"),
             "{message}"
         );
-        let error = RedisTarget::new("redis//user:secret@host:6379", &[]).unwrap_err();
+        // A CA file that is not PEM.
+        let error = RedisTarget::new("rediss://user:hunter2@r.example:6380", &[], tls).unwrap_err();
+        assert!(
+            matches!(error, ConfigError::UnusableRedis { .. })
+                && !error.to_string().contains("hunter2"),
+            "{error}"
+        );
+        let tls = RedisTarget::new("rediss://r.example:6380", &[], RedisTls::default()).unwrap();
+        assert!(!tls.skips_verification());
+        let insecure = RedisTarget::new(
+            "rediss://r.example:6380/#insecure",
+            &[],
+            RedisTls::default(),
+        );
+        assert!(insecure.unwrap().skips_verification());
+        let error =
+            RedisTarget::new("redis//user:secret@host:6379", &[], RedisTls::default()).unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
         assert_eq!(redacted("redis://a:b@h:1"), "redis://***@h:1");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn redis_tls_files_are_read_at_start_and_a_missing_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("sse-notify-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let flags = |extra: &[&str]| {
+            let mut flags = vec!["--auth-mode", "gateway", "--redis-url", "rediss://r:6380"];
+            flags.extend(extra);
+            parse(&flags).map(|config| config.redis)
+        };
+        let error = flags(&["--redis-tls-ca-file", "/nonexistent/ca.pem"]).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                ConfigError::TlsFile {
+                    name: "REDIS_TLS_CA_FILE",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let error = flags(&["--redis-tls-ca-file", not_pem.to_str().unwrap()]).unwrap_err();
+        assert!(error.to_string().contains("no PEM certificate"), "{error}");
+        // A certificate without its key (and the reverse) is a usage error, caught by clap.
+        let args = Args::try_parse_from([
+            "sse-notify",
+            "--redis-tls-cert-file",
+            not_pem.to_str().unwrap(),
+        ]);
+        assert!(args.is_err());
+        assert_eq!(flags(&[]).unwrap().tls, RedisTls::default());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -107,7 +107,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 /// Runs the migration, with progress on stderr (a line every 2 s) and a summary on stdout.
 async fn migrate_zset(args: Args, migrate_args: MigrateArgs) -> anyhow::Result<()> {
     let retention = Duration::from_secs(args.retention_secs.max(1));
-    let target = RedisTarget::new(&args.redis_url, &args.redis_cluster_nodes)?;
+    let target = RedisTarget::from_args(&args)?;
     let store = Store::new(&target, retention, args.max_per_member.max(1), None)
         .context("invalid REDIS_URL")?;
     store

@@ -60,11 +60,7 @@ impl Store {
     pub async fn scan(&self) -> Result<Scan, StoreError> {
         let mut servers = Vec::new();
         for master in self.inner.redis.masters().await? {
-            servers.push(
-                redis::Client::open(master)?
-                    .get_multiplexed_async_connection()
-                    .await?,
-            );
+            servers.push(master.get_multiplexed_async_connection().await?);
         }
         Ok(Scan {
             servers,

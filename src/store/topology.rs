@@ -28,7 +28,7 @@ use redis::{
 use tokio::sync::OnceCell;
 
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, StoreError};
-use crate::config::RedisTarget;
+use crate::config::{RedisServers, RedisTarget, RedisTls};
 
 /// The connection(s) commands are sent on; a cheap clone.
 #[derive(Clone)]
@@ -98,13 +98,13 @@ pub struct Standalone {
 }
 
 impl Standalone {
-    fn open(url: &str) -> Result<Self, StoreError> {
+    fn open(url: &str, tls: &RedisTls) -> Result<Self, StoreError> {
         let info = url.into_connection_info()?;
         let settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings))?;
+        let client = client(info.set_redis_settings(settings), tls)?;
         let current = RwLock::new(manager(&client)?);
         Ok(Self {
             client,
@@ -150,6 +150,16 @@ impl Standalone {
     }
 }
 
+/// A client for one server, with the target's certificates when it is reached over TLS.
+fn client(info: ConnectionInfo, tls: &RedisTls) -> RedisResult<Client> {
+    match tls.certificates() {
+        Some(certificates) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
+            Client::build_with_tls(info, certificates)
+        }
+        _ => Client::open(info),
+    }
+}
+
 fn manager(client: &Client) -> RedisResult<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -169,6 +179,7 @@ pub enum Redis {
         client: ClusterClient,
         /// The first seed node: its credentials and settings serve every node found later.
         seed: ConnectionInfo,
+        tls: RedisTls,
         /// Connected on first use, so the service starts (and reports not ready) without Redis.
         commands: OnceCell<ClusterConnection>,
     },
@@ -177,22 +188,28 @@ pub enum Redis {
 impl Redis {
     /// Prepares the connections without connecting.
     pub fn open(target: &RedisTarget) -> Result<Self, StoreError> {
-        match target {
-            RedisTarget::Standalone(url) => Ok(Self::Standalone(Arc::new(Standalone::open(url)?))),
-            RedisTarget::Cluster(nodes) => {
+        let tls = &target.tls;
+        match &target.servers {
+            RedisServers::Standalone(url) => {
+                Ok(Self::Standalone(Arc::new(Standalone::open(url, tls)?)))
+            }
+            RedisServers::Cluster(nodes) => {
                 let seed = nodes
                     .first()
                     .ok_or(StoreError::Reply("no cluster node given"))?
                     .as_str()
                     .into_connection_info()?;
-                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
-                    .retries(3)
-                    .build()?;
+                    .retries(3);
+                if let Some(certificates) = tls.certificates() {
+                    builder = builder.certs(certificates);
+                }
                 Ok(Self::Cluster {
-                    client,
+                    client: builder.build()?,
                     seed,
+                    tls: tls.clone(),
                     commands: OnceCell::new(),
                 })
             }
@@ -226,9 +243,9 @@ impl Redis {
     ) -> Result<MultiplexedConnection, StoreError> {
         let client = match self {
             Self::Standalone(standalone) => standalone.client.clone(),
-            Self::Cluster { seed, .. } => {
+            Self::Cluster { seed, tls, .. } => {
                 let (host, port) = self.master_of(slot).await?;
-                Client::open(at(seed, host, port)?)?
+                client(at(seed, host, port)?, tls)?
             }
         };
         Ok(client
@@ -236,13 +253,11 @@ impl Redis {
             .await?)
     }
 
-    /// Every server holding keys: the standalone server, or each cluster master.
-    pub async fn masters(&self) -> Result<Vec<ConnectionInfo>, StoreError> {
+    /// A client for each server holding keys: the standalone server, or each cluster master.
+    pub async fn masters(&self) -> Result<Vec<Client>, StoreError> {
         match self {
-            Self::Standalone(standalone) => {
-                Ok(vec![standalone.client.get_connection_info().clone()])
-            }
-            Self::Cluster { seed, .. } => {
+            Self::Standalone(standalone) => Ok(vec![standalone.client.clone()]),
+            Self::Cluster { seed, tls, .. } => {
                 let mut masters = Vec::new();
                 for range in self.slot_ranges().await? {
                     if !masters.contains(&(range.host.clone(), range.port)) {
@@ -251,7 +266,7 @@ impl Redis {
                 }
                 masters
                     .into_iter()
-                    .map(|(host, port)| at(seed, host, port))
+                    .map(|(host, port)| Ok(client(at(seed, host, port)?, tls)?))
                     .collect()
             }
         }
@@ -274,7 +289,7 @@ impl Redis {
             .await?;
         let seed_host = match self {
             Self::Cluster { seed, .. } => match seed.addr() {
-                ConnectionAddr::Tcp(host, _) => host.clone(),
+                ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
                 _ => String::new(),
             },
             Self::Standalone(_) => String::new(),
@@ -330,14 +345,21 @@ fn slot_ranges(reply: Value, seed_host: &str) -> Result<Vec<SlotRange>, StoreErr
         .ok_or(StoreError::Reply("CLUSTER SLOTS entry is malformed"))
 }
 
-/// The seed's settings (credentials, protocol) for another node.
+/// The seed's settings (credentials, protocol, TLS) for another node.
 fn at(seed: &ConnectionInfo, host: String, port: u16) -> Result<ConnectionInfo, StoreError> {
-    match seed.addr() {
-        ConnectionAddr::Tcp(..) => Ok(seed.clone().set_addr(ConnectionAddr::Tcp(host, port))),
-        _ => Err(StoreError::Reply(
-            "cluster nodes must be reached over plain TCP",
-        )),
-    }
+    let addr = match seed.addr() {
+        ConnectionAddr::Tcp(..) => ConnectionAddr::Tcp(host, port),
+        ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: None, // the target's certificates are added by `client`
+        },
+        _ => {
+            return Err(StoreError::Reply("cluster nodes must be reached over TCP"));
+        }
+    };
+    Ok(seed.clone().set_addr(addr))
 }
 
 #[cfg(test)]

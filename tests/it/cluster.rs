@@ -248,12 +248,9 @@ async fn migrate_zset_moves_old_sorted_sets_from_every_master() {
     use sse_notify::store::Store;
 
     let cluster = RedisCluster::start();
-    let target = RedisTarget::new(&cluster.url(), &[]).expect("a cluster URL");
-    let client = redis::cluster::ClusterClient::new(match &target {
-        RedisTarget::Cluster(nodes) => nodes.clone(),
-        RedisTarget::Standalone(_) => unreachable!("a cluster target"),
-    })
-    .expect("a cluster client");
+    let target = RedisTarget::new(&cluster.url(), &[], Default::default()).expect("a cluster URL");
+    let client =
+        redis::cluster::ClusterClient::new(target.urls().to_vec()).expect("a cluster client");
     let mut conn = client
         .get_async_connection()
         .await

@@ -183,17 +183,20 @@ async fn at_max_connections_idle_sockets_make_way_and_served_ones_refuse_the_new
 
 #[test]
 fn a_redis_target_that_cannot_work_refuses_to_start() {
+    // TLS certificates for a plain-text URL: the operator meant TLS and would not get it.
+    let pki = crate::support::tls::Pki::new();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sse-notify"))
         .env_clear()
         .env("AUTH_MODE", "gateway")
         .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("REDIS_URL", "rediss://user:secret@redis.example:6380")
+        .env("REDIS_URL", "redis://user:secret@redis.example:6380")
+        .env("REDIS_TLS_CA_FILE", pki.path("ca.pem"))
         .output()
         .expect("the binary runs");
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("REDIS_URL") && !stderr.contains("secret"),
+        stderr.contains("REDIS_URL") && stderr.contains("rediss://") && !stderr.contains("secret"),
         "{stderr}"
     );
 }

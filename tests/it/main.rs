@@ -17,3 +17,4 @@ mod publish;
 mod resilience;
 mod retention;
 mod subscribe;
+mod tls;

@@ -41,7 +41,7 @@ async fn old_entry(
 
 pub(crate) async fn migrate_all(redis: &RedisServer, dry_run: bool) -> Report {
     let store = Store::new(
-        &RedisTarget::Standalone(redis.url()),
+        &RedisTarget::new(&redis.url(), &[], Default::default()).expect("a redis URL"),
         RETENTION,
         10_000,
         None,
@@ -208,7 +208,7 @@ async fn an_interrupted_run_completed_by_another_gives_the_same_result_and_delet
         }
     }
     let store = Store::new(
-        &RedisTarget::Standalone(redis.url()),
+        &RedisTarget::new(&redis.url(), &[], Default::default()).expect("a redis URL"),
         RETENTION,
         10_000,
         None,

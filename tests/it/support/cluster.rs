@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: PathBuf,
+    /// TLS only (clients, replication and the cluster bus), with this directory's certificates.
+    tls: Option<PathBuf>,
 }
 
 struct Node {
@@ -32,25 +34,36 @@ const NODES: usize = 6;
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_on(None)
+    }
+
+    /// Every connection TLS, with `pki`'s certificates (the nodes show the server one to each
+    /// other).
+    pub fn start_tls(pki: &super::tls::Pki) -> Self {
+        Self::start_on(Some(pki.dir().to_owned()))
+    }
+
+    fn start_on(tls: Option<PathBuf>) -> Self {
         let dir = std::env::temp_dir().join(format!("sse-notify-cluster-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("create the cluster directory");
         let mut nodes = Vec::with_capacity(NODES);
         while nodes.len() < NODES {
             let port = free_cluster_port();
-            if let Some(process) = spawn(port, &dir) {
+            if let Some(process) = spawn(port, &dir, tls.as_deref()) {
                 nodes.push(Node {
                     port,
                     process: Some(process),
                 });
             }
         }
-        let cluster = Self { nodes, dir };
+        let cluster = Self { nodes, dir, tls };
         let addresses: Vec<String> = cluster
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let created = Command::new("redis-cli")
+        let created = cluster
+            .redis_cli()
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -73,11 +86,28 @@ impl RedisCluster {
             .filter(|n| n.master && !n.failed)
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        format!("redis+cluster://{}", masters.join(","))
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}+cluster://{}", masters.join(","))
+    }
+
+    /// `redis-cli`, with the client certificate when the cluster speaks TLS.
+    fn redis_cli(&self) -> Command {
+        let mut cli = Command::new("redis-cli");
+        if let Some(pki) = &self.tls {
+            cli.arg("--tls").arg("--cacert").arg(pki.join("ca.pem"));
+            cli.arg("--cert").arg(pki.join("client.pem"));
+            cli.arg("--key").arg(pki.join("client.key"));
+        }
+        cli
     }
 
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
+        let output = self
+            .redis_cli()
             .args(["-p", &port.to_string()])
             .args(args)
             .output()
@@ -242,9 +272,22 @@ fn free_cluster_port() -> u16 {
     }
 }
 
-fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
-    let process = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+fn spawn(port: u16, dir: &std::path::Path, tls: Option<&std::path::Path>) -> Option<Child> {
+    let mut command = Command::new("redis-server");
+    match tls {
+        None => command.args(["--port", &port.to_string()]),
+        Some(pki) => command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+            .arg("--tls-cert-file")
+            .arg(pki.join("server.pem"))
+            .arg("--tls-key-file")
+            .arg(pki.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(pki.join("ca.pem")),
+    };
+    let process = command
+        .args(["--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes"])
         .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
         // Fail over fast, and let any replica take over (a test kills masters on purpose).

@@ -6,6 +6,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis;
 pub mod sse;
+pub mod tls;
 
 pub use app::{TestApp, WAIT, token};
 pub use redis::RedisServer;

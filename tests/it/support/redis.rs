@@ -15,6 +15,8 @@ pub struct RedisServer {
     args: Vec<String>,
     /// Its working directory (RDB and AOF files), removed on drop.
     dir: PathBuf,
+    /// Served over TLS only, with the certificates of this directory (`Pki`).
+    tls: Option<PathBuf>,
 }
 
 /// A port that was free a moment ago.
@@ -31,6 +33,16 @@ impl RedisServer {
     /// Starts with extra arguments after the defaults (later ones win), e.g. persistence:
     /// `["--appendonly", "yes", "--appendfsync", "always"]`.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_on(args, None)
+    }
+
+    /// TLS only (no plain-text port) with `pki`'s server certificate; clients must show a
+    /// certificate of its authority when `--tls-auth-clients` is `yes` (the default).
+    pub fn start_tls(pki: &super::tls::Pki, args: &[&str]) -> Self {
+        Self::start_on(args, Some(pki.dir().to_owned()))
+    }
+
+    fn start_on(args: &[&str], tls: Option<PathBuf>) -> Self {
         let dir = std::env::temp_dir().join(format!("sse-notify-redis-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("create the redis directory");
         let mut server = Self {
@@ -38,6 +50,7 @@ impl RedisServer {
             port: 0,
             args: args.iter().map(|a| a.to_string()).collect(),
             dir,
+            tls,
         };
         for _ in 0..5 {
             // A port free a moment ago may be taken before redis binds it.
@@ -55,7 +68,12 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL: a crash; nothing is saved that was not on disk already.
@@ -122,8 +140,14 @@ impl RedisServer {
 
     /// Runs a command with `redis-cli` and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+        let mut cli = Command::new("redis-cli");
+        cli.args(["-p", &self.port.to_string()]);
+        if let Some(pki) = &self.tls {
+            cli.arg("--tls").arg("--cacert").arg(pki.join("ca.pem"));
+            cli.arg("--cert").arg(pki.join("client.pem"));
+            cli.arg("--key").arg(pki.join("client.key"));
+        }
+        let output = cli
             .args(args)
             .output()
             .expect("redis-cli is not installed (apt-get install redis-tools)");
@@ -149,17 +173,20 @@ impl RedisServer {
     }
 
     fn spawn(&self) -> Option<Child> {
-        let process = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(pki) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(pki.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(pki.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(pki.join("ca.pem")),
+        };
+        let process = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.args)
