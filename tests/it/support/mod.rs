@@ -2,6 +2,7 @@ pub mod app;
 pub mod browser;
 pub mod cluster;
 pub mod kafka;
+pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod redis;

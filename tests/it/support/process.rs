@@ -13,7 +13,11 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts the binary with only `env` (plus a listen address) and waits until it is ready.
     pub async fn start(env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), env).await
+    }
+
+    /// The same, on `port` (an instance coming back where it was, as in a rolling deploy).
+    pub async fn start_on(port: u16, env: &[(&str, &str)]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_sse-notify"))
             .env_clear()
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
