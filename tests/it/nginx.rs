@@ -32,7 +32,7 @@ struct Seen {
 /// token instead of the query one.
 async fn browser(base: String, pki_ca: reqwest::Client, n: usize, seen: Arc<Mutex<Seen>>) {
     let member = format!("b{n}");
-    let path = if n % 2 == 0 {
+    let path = if n.is_multiple_of(2) {
         "/notification/subscribe"
     } else {
         "/notification/subscribe/"
@@ -40,7 +40,7 @@ async fn browser(base: String, pki_ca: reqwest::Client, n: usize, seen: Arc<Mute
     let jwt = token(&member);
     let mut retry = Duration::from_millis(500);
     loop {
-        let last = seen.lock().unwrap().ids.last().cloned();
+        let last = lock(&seen).ids.last().cloned();
         let mut request = if n % 4 < 2 {
             pki_ca.get(format!("{base}{path}?access_token={jwt}"))
         } else {
@@ -52,7 +52,7 @@ async fn browser(base: String, pki_ca: reqwest::Client, n: usize, seen: Arc<Mute
         match request.send().await {
             Ok(response) if response.status() == 200 => {
                 assert_eq!(response.version(), reqwest::Version::HTTP_2);
-                seen.lock().unwrap().connects += 1;
+                lock(&seen).connects += 1;
                 let mut stream = SseStream::new(response);
                 while let Some(frame) = stream.next(Duration::from_secs(60)).await {
                     if let Some(ms) = frame.retry {
@@ -62,15 +62,12 @@ async fn browser(base: String, pki_ca: reqwest::Client, n: usize, seen: Arc<Mute
                         Some("connected") => {
                             let recovered = frame.json()["recovered"].clone();
                             if recovered != json!(true) {
-                                seen.lock()
-                                    .unwrap()
-                                    .refused
-                                    .push(format!("recovered {recovered}"));
+                                lock(&seen).refused.push(format!("recovered {recovered}"));
                             }
                         }
                         Some("notification") => {
                             let id = frame.id.expect("a notification id");
-                            seen.lock().unwrap().ids.push(id);
+                            lock(&seen).ids.push(id);
                         }
                         _ => {}
                     }
@@ -79,16 +76,18 @@ async fn browser(base: String, pki_ca: reqwest::Client, n: usize, seen: Arc<Mute
             Ok(response) => {
                 let status = response.status();
                 let body = response.text().await.unwrap_or_default();
-                seen.lock()
-                    .unwrap()
-                    .refused
-                    .push(format!("{status} {body}"));
+                lock(&seen).refused.push(format!("{status} {body}"));
                 return; // a native EventSource closes for good
             }
             Err(_) => {} // a network error: EventSource retries
         }
         tokio::time::sleep(retry).await;
     }
+}
+
+fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+    seen.lock()
+        .expect("a browser task panicked holding its record")
 }
 
 fn instance_env(redis: &RedisServer) -> Vec<(&'static str, String)> {
@@ -142,7 +141,7 @@ async fn deliver(
     eventually(&format!("round {round} delivered"), || async {
         seen.iter()
             .all(|s| {
-                let s = s.lock().unwrap();
+                let s = lock(s);
                 s.ids.len() >= round || !s.refused.is_empty()
             })
             .then_some(())
@@ -179,11 +178,7 @@ async fn the_shipped_nginx_config_carries_every_stream_through_a_rolling_deploy_
     for (n, seen) in seen.iter().enumerate() {
         tokio::spawn(browser(base.clone(), Nginx::browser(&pki), n, seen.clone()));
     }
-    let all_connected = || async {
-        seen.iter()
-            .all(|s| s.lock().unwrap().connects > 0)
-            .then_some(())
-    };
+    let all_connected = || async { seen.iter().all(|s| lock(s).connects > 0).then_some(()) };
     eventually("every browser connected through nginx", all_connected).await;
     let (on_a, on_b) = (open_streams(&a.url).await, open_streams(&b.url).await);
     assert!(
@@ -207,7 +202,7 @@ async fn the_shipped_nginx_config_carries_every_stream_through_a_rolling_deploy_
     published.push(round(4).await);
 
     for (n, seen) in seen.iter().enumerate() {
-        let seen = seen.lock().unwrap();
+        let seen = lock(seen);
         assert!(
             seen.refused.is_empty(),
             "browser {n}: {:?}; nginx error log:\n{}",
