@@ -3,7 +3,7 @@
 //! ids are derived from the data, so a second run moves nothing twice.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -126,7 +126,7 @@ async fn migrate_batch(
     }
     let names: Vec<String> = sorted_sets.iter().map(|(key, _)| key.clone()).collect();
     let contents = store.sorted_sets(&names).await?;
-    let window_start = now_ms().saturating_sub(store.retention().as_millis() as u64);
+    let window_start = store.retention_cutoff_ms();
     let plans: Vec<Plan> = sorted_sets
         .into_iter()
         .zip(contents)
@@ -218,12 +218,6 @@ fn parse_old(raw: &[u8]) -> Option<(u64, String)> {
     let time = object.get("time")?.as_u64()?;
     let content = object.remove("content")?;
     Some((time, content.to_string()))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

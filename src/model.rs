@@ -1,10 +1,12 @@
-//! The service's vocabulary: member ids, stream ids, resume positions and the notification JSON.
-//! Pure parsing and formatting; no I/O.
+//! The service's vocabulary: member ids, notification types, idempotency keys, stream ids,
+//! resume positions and the notification JSON. Pure parsing and formatting; no I/O. Each rule
+//! lives here once, whichever door (HTTP, Kafka, a token) a value comes through.
 
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::de::{self, Deserializer, Unexpected};
+use serde::{Deserialize, Serialize};
 
 /// A member id: 1–128 characters from `A–Z a–z 0–9 . _ - @` (API.md, Identity).
 ///
@@ -41,6 +43,113 @@ impl FromStr for MemberId {
 impl fmt::Display for MemberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberId {
+    /// A string, or a non-negative integer (the old service's numeric ids), wherever JSON carries
+    /// a member id: publish bodies, Kafka values, a token's `sub`.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = MemberId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member id (1-128 characters from A-Z a-z 0-9 . _ - @, or a non-negative integer)")
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<MemberId, E> {
+                s.parse()
+                    .map_err(|_| E::invalid_value(Unexpected::Str(s), &self))
+            }
+
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<MemberId, E> {
+                Ok(MemberId(n.to_string().into())) // at most 20 digits: always valid
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A notification's `type`: 1–128 characters, `notification` when the publisher gives none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Kind(Box<str>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("type must be a string of 1-128 characters")]
+pub struct InvalidKind;
+
+impl Kind {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Kind {
+    fn default() -> Self {
+        Self("notification".into())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = InvalidKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.chars().count() > Self::MAX_LEN {
+            return Err(InvalidKind);
+        }
+        Ok(Self(s.into()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'_, str>>::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|_| de::Error::invalid_value(Unexpected::Str(&text), &"1-128 characters"))
+    }
+}
+
+/// What makes a retried publish a repeat: 1–255 visible ASCII characters (an HTTP
+/// `Idempotency-Key` header, a Kafka `idempotency-key` header or `<topic>/<partition>/<offset>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(Box<str>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an idempotency key is 1-255 visible ASCII characters")]
+pub struct InvalidIdempotencyKey;
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    /// From a header's raw bytes.
+    pub fn from_bytes(raw: &[u8]) -> Result<Self, InvalidIdempotencyKey> {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.iter().all(u8::is_ascii_graphic) {
+            return Err(InvalidIdempotencyKey);
+        }
+        let text = std::str::from_utf8(raw).map_err(|_| InvalidIdempotencyKey)?;
+        Ok(Self(text.into()))
+    }
+
+    /// A Kafka record's own position, `<topic>/<partition>/<offset>`: unique per record, and
+    /// built here rather than checked (a topic name may be up to 249 characters).
+    pub fn record_position(topic: &str, partition: i32, offset: i64) -> Self {
+        Self(format!("{topic}/{partition}/{offset}").into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for IdempotencyKey {
+    type Err = InvalidIdempotencyKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_bytes(s.as_bytes())
     }
 }
 
@@ -239,6 +348,50 @@ fn present(hint: Option<&str>) -> Option<&str> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn member_ids_come_as_strings_or_non_negative_integers() {
+        let parse = |json: &str| serde_json::from_str::<MemberId>(json);
+        assert_eq!(parse(r#""alice""#).unwrap().as_str(), "alice");
+        assert_eq!(parse("42").unwrap().as_str(), "42");
+        assert_eq!(
+            parse("18446744073709551615").unwrap().as_str(),
+            "18446744073709551615"
+        );
+        for bad in [
+            r#""a b""#,
+            r#""""#,
+            "-1",
+            "1.5",
+            "true",
+            "null",
+            "[]",
+            r#"{"id":1}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let error = parse(r#""josé""#).unwrap_err().to_string();
+        assert!(error.contains("member id"), "{error}");
+    }
+
+    #[test]
+    fn kinds_and_idempotency_keys_are_bounded() {
+        assert_eq!(Kind::default().as_str(), "notification");
+        assert!("x".repeat(128).parse::<Kind>().is_ok());
+        assert!(
+            "é".repeat(128).parse::<Kind>().is_ok(),
+            "characters, not bytes"
+        );
+        assert!("x".repeat(129).parse::<Kind>().is_err());
+        assert!("".parse::<Kind>().is_err());
+        assert!(serde_json::from_str::<Kind>("7").is_err());
+        assert!("k".repeat(255).parse::<IdempotencyKey>().is_ok());
+        for bad in ["", "a b", "é", "tab\t"] {
+            assert!(bad.parse::<IdempotencyKey>().is_err(), "{bad:?}");
+        }
+        assert!("k".repeat(256).parse::<IdempotencyKey>().is_err());
+        assert!(IdempotencyKey::from_bytes(b"\xff").is_err());
+    }
 
     #[test]
     fn member_ids_follow_the_contract_alphabet() {

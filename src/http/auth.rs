@@ -138,7 +138,8 @@ struct Header {
 
 #[derive(Deserialize)]
 struct Claims {
-    sub: Option<Subject>,
+    /// A string, or a number for tokens minted by the old service's issuers.
+    sub: Option<serde_json::Value>,
     exp: Option<f64>,
     nbf: Option<f64>,
     aud: Option<Audience>,
@@ -160,14 +161,6 @@ impl Audience {
             Self::Many(many) => many.iter().any(|a| a == wanted),
         }
     }
-}
-
-/// `sub` as a string, or as a number for tokens minted by the old service's issuers.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Subject {
-    Text(String),
-    Number(u64),
 }
 
 /// Verifies an HS256 JWT against `policy` and returns its member. `Err` carries a reason for
@@ -219,11 +212,8 @@ pub fn verify(
     {
         return Err("issuer does not match");
     }
-    let sub = match claims.sub.ok_or("no sub claim")? {
-        Subject::Text(text) => text,
-        Subject::Number(n) => n.to_string(),
-    };
-    let id = sub.parse().map_err(|_| "sub is not a valid member id")?;
+    let sub = claims.sub.ok_or("no sub claim")?;
+    let id = MemberId::deserialize(sub).map_err(|_| "sub is not a valid member id")?;
     // An `exp` too far away to represent is no expiry at all; the stream ends at `exp` + leeway.
     let expires_at = claims
         .exp

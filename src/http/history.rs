@@ -1,7 +1,6 @@
 //! `GET /notifications?after=<id>&limit=<n>`: a page of the member's retained history.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -37,12 +36,7 @@ pub async fn page(
                 ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
             })?,
     };
-    // Entries older than the retention window are expired even before Redis trims them.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let cutoff_ms = now.saturating_sub(app.store.retention()).as_millis() as u64;
-    let from = after.max(StreamId::before_ms(cutoff_ms));
+    let from = after.max(StreamId::before_ms(app.store.retention_cutoff_ms()));
     let mut entries = app
         .store
         .read_after(&member.id, from, limit + 1)

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -167,7 +167,7 @@ impl Session {
             }
             Resume::After(after) => after,
         };
-        let cutoff_ms = retention_cutoff_ms(self.app.store.retention());
+        let cutoff_ms = self.app.store.retention_cutoff_ms();
         let start = recovery::replay_start(after, cutoff_ms);
         let head = match self
             .app
@@ -208,7 +208,7 @@ impl Session {
             .await
         {
             Ok(entries) => {
-                let cutoff_ms = retention_cutoff_ms(self.app.store.retention());
+                let cutoff_ms = self.app.store.retention_cutoff_ms();
                 if let Some(first) = entries.first()
                     && !recovery::batch_follows(after, first, cutoff_ms)
                 {
@@ -301,13 +301,6 @@ fn push_connected(out: &mut String, member: &MemberId, recovered: bool) {
         out,
         "event: connected\ndata: {{\"member_id\":\"{member}\",\"recovered\":{recovered}}}\n\n"
     );
-}
-
-fn retention_cutoff_ms(retention: Duration) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    now.saturating_sub(retention).as_millis() as u64
 }
 
 /// Counts an open stream for as long as it lives.

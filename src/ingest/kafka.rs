@@ -145,7 +145,7 @@ impl Ingest {
             });
             match decoded {
                 Ok(record) => good.push(record),
-                Err(reason) => dead.push((message, reason)),
+                Err(reason) => dead.push((message, reason.to_string())),
             }
         }
         let notes: Vec<NewNotification<'_>> = good

@@ -3,63 +3,63 @@
 
 pub mod kafka;
 
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::MemberId;
-
-/// Longest `type`, as over HTTP.
-const MAX_TYPE_LEN: usize = 128;
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+use crate::model::{IdempotencyKey, Kind, MemberId};
 
 /// A record that can be stored.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Decoded {
     pub member: MemberId,
-    pub kind: String,
+    pub kind: Kind,
     /// Compact JSON text.
     pub content: String,
 }
 
+/// Why a record cannot be a notification; its `Display` is the dead-letter reason header.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Undecodable {
+    #[error("record has no value")]
+    NoValue,
+    #[error("value is not a JSON object")]
+    NotAnObject,
+    #[error("key is not a valid member id")]
+    BadKey,
+    #[error("member_id is not a valid member id")]
+    BadMemberId,
+    #[error("no member id: the key is empty and the value has no member_id")]
+    NoMember,
+    #[error("type must be a string of 1-128 characters")]
+    BadKind,
+    #[error("value has no content")]
+    NoContent,
+    #[error("idempotency-key header: {0}")]
+    BadIdempotencyKey(crate::model::InvalidIdempotencyKey),
+}
+
 /// Decodes a record: key = member id, value = `{"type":..,"content":..}` (with `member_id` in the
-/// value when the key is empty). `Err` holds the reason written to the dead-letter header.
-pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, String> {
-    let value = value.ok_or("record has no value")?;
+/// value when the key is empty).
+pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, Undecodable> {
+    let value = value.ok_or(Undecodable::NoValue)?;
     let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(value) else {
-        return Err("value is not a JSON object".to_owned());
+        return Err(Undecodable::NotAnObject);
     };
     let member = match key.filter(|k| !k.is_empty()) {
         Some(key) => std::str::from_utf8(key)
             .ok()
             .and_then(|k| k.parse().ok())
-            .ok_or("key is not a valid member id")?,
-        None => match object.get("member_id") {
-            Some(Value::String(id)) => id
-                .parse()
-                .map_err(|_| "member_id is not a valid member id")?,
-            Some(Value::Number(n)) if n.is_u64() => n
-                .to_string()
-                .parse()
-                .map_err(|_| "member_id is not a valid member id")?,
-            Some(_) => return Err("member_id is not a valid member id".to_owned()),
-            None => {
-                return Err(
-                    "no member id: the key is empty and the value has no member_id".to_owned(),
-                );
-            }
-        },
+            .ok_or(Undecodable::BadKey)?,
+        None => {
+            let id = object.remove("member_id").ok_or(Undecodable::NoMember)?;
+            MemberId::deserialize(id).map_err(|_| Undecodable::BadMemberId)?
+        }
     };
     let kind = match object.remove("type") {
-        None | Some(Value::Null) => "notification".to_owned(),
-        Some(Value::String(kind)) if !kind.is_empty() && kind.chars().count() <= MAX_TYPE_LEN => {
-            kind
-        }
-        Some(_) => {
-            return Err(format!(
-                "type must be a string of 1-{MAX_TYPE_LEN} characters"
-            ));
-        }
+        None | Some(Value::Null) => Kind::default(),
+        Some(kind) => Kind::deserialize(kind).map_err(|_| Undecodable::BadKind)?,
     };
-    let content = object.remove("content").ok_or("value has no content")?;
+    let content = object.remove("content").ok_or(Undecodable::NoContent)?;
     Ok(Decoded {
         member,
         kind,
@@ -67,20 +67,16 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, Strin
     })
 }
 
-/// The record's idempotency key: its `idempotency-key` header, else `<topic>/<partition>/<offset>`.
+/// The record's idempotency key: its `idempotency-key` header, else its position in Kafka.
 pub fn idempotency_key(
     header: Option<&[u8]>,
     topic: &str,
     partition: i32,
     offset: i64,
-) -> Result<String, String> {
+) -> Result<IdempotencyKey, Undecodable> {
     match header {
-        None => Ok(format!("{topic}/{partition}/{offset}")),
-        Some(raw) => std::str::from_utf8(raw)
-            .ok()
-            .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_owned)
-            .ok_or_else(|| format!("idempotency-key header must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters")),
+        None => Ok(IdempotencyKey::record_position(topic, partition, offset)),
+        Some(raw) => IdempotencyKey::from_bytes(raw).map_err(Undecodable::BadIdempotencyKey),
     }
 }
 
@@ -99,7 +95,7 @@ mod tests {
             decoded,
             Decoded {
                 member: "42".parse().unwrap(),
-                kind: "follow".into(),
+                kind: "follow".parse().unwrap(),
                 content: r#"{"by":"x"}"#.into()
             }
         );
@@ -109,7 +105,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(from_value.member.as_str(), "7");
-        assert_eq!(from_value.kind, "notification");
+        assert_eq!(from_value.kind, Kind::default());
         assert_eq!(from_value.content, r#""hi\nthere""#);
         // Pretty-printed input is stored compact: no raw line break reaches the SSE framing.
         let pretty = decode(
@@ -147,7 +143,7 @@ mod tests {
             ),
         ];
         for (key, value, reason) in cases {
-            let error = decode(key, value).unwrap_err();
+            let error = decode(key, value).unwrap_err().to_string();
             assert!(
                 error.contains(reason),
                 "{error:?} should mention {reason:?}"
@@ -157,9 +153,14 @@ mod tests {
 
     #[test]
     fn idempotency_keys_come_from_the_header_or_the_record_position() {
-        assert_eq!(idempotency_key(None, "t", 2, 40).unwrap(), "t/2/40");
         assert_eq!(
-            idempotency_key(Some(b"evt-1"), "t", 2, 40).unwrap(),
+            idempotency_key(None, "t", 2, 40).unwrap().as_str(),
+            "t/2/40"
+        );
+        assert_eq!(
+            idempotency_key(Some(b"evt-1"), "t", 2, 40)
+                .unwrap()
+                .as_str(),
             "evt-1"
         );
         assert!(idempotency_key(Some(b"has space"), "t", 2, 40).is_err());

@@ -25,7 +25,7 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::Semaphore;
 
 use crate::config::{PublishWait, RedisTarget};
-use crate::model::{Entry, MemberId, StreamId};
+use crate::model::{Entry, IdempotencyKey, Kind, MemberId, StreamId};
 use crate::recovery::Snapshot;
 use topology::{Commands, Redis};
 
@@ -66,10 +66,10 @@ impl StoreError {
 #[derive(Debug)]
 pub struct NewNotification<'a> {
     pub members: &'a [MemberId],
-    pub kind: &'a str,
+    pub kind: &'a Kind,
     /// Compact JSON text.
     pub content: &'a str,
-    pub idempotency_key: Option<&'a str>,
+    pub idempotency_key: Option<&'a IdempotencyKey>,
 }
 
 /// What a publish stored: one id per member, in request order.
@@ -188,6 +188,16 @@ impl Store {
 
     pub fn retention(&self) -> Duration {
         self.inner.retention
+    }
+
+    /// The start of the retention window now, in ms since the epoch (this instance's clock):
+    /// entries before it are expired even before Redis trims them. Replay, history and
+    /// `migrate-zset` all ask here, so they agree on what is retained.
+    pub fn retention_cutoff_ms(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        u64::try_from(now.saturating_sub(self.inner.retention).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Every master answers (a cluster connection asks each of them).
@@ -342,7 +352,7 @@ impl Store {
                 keys::epoch(partition),
             ]);
             if let Some(key) = note.idempotency_key {
-                keys.push(keys::idempotency(member, key));
+                keys.push(keys::idempotency(member, key.as_str()));
             }
         }
         let mut cmd = redis::cmd("EVALSHA");
@@ -357,7 +367,7 @@ impl Store {
             } else {
                 "0"
             })
-            .arg(note.kind)
+            .arg(note.kind.as_str())
             .arg(note.content);
         let mut seen = Vec::with_capacity(members.len());
         for member in members {
@@ -827,4 +837,117 @@ fn parse_id(bytes: &[u8]) -> Result<StreamId, StoreError> {
 
 fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {
     String::from_utf8(bytes).map_err(|_| StoreError::Reply("stream field is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// `[[id, [field, value, ...]], ...]`, as XRANGE and XREAD answer.
+    fn range(entries: &[(&str, &[&str])]) -> Value {
+        Value::Array(
+            entries
+                .iter()
+                .map(|(id, fields)| {
+                    Value::Array(vec![
+                        bulk(id),
+                        Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+                    ])
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn member_entries_parse_and_refuse_what_is_not_one() {
+        let reply = range(&[
+            ("5-0", &["p", "4-1", "t", "follow", "c", "{\"a\":1}"]),
+            ("6-0", &["t", "x", "c", "1", "extra", "ignored"]),
+        ]);
+        let parsed = member_entries(reply).unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(
+            parsed[0],
+            Entry {
+                id: StreamId::new(5, 0),
+                prev: StreamId::new(4, 1),
+                kind: "follow".into(),
+                content: "{\"a\":1}".into(),
+            }
+        );
+        assert_eq!(parsed[1].prev, StreamId::ZERO, "an entry without p");
+        assert!(member_entries(Value::Nil).unwrap().is_empty());
+        for bad in [
+            range(&[("5-0", &["t", "x"])]),                      // no content
+            range(&[("nope", &["c", "1"])]),                     // not an id
+            range(&[("5-0", &["p", "x-y", "c", "1"])]),          // p not an id
+            Value::Int(3),                                       // not an array
+            Value::Array(vec![Value::Array(vec![bulk("5-0")])]), // not a pair
+        ] {
+            assert!(member_entries(bad.clone()).is_err(), "{bad:?}");
+        }
+        let not_utf8 = Value::Array(vec![Value::Array(vec![
+            bulk("5-0"),
+            Value::Array(vec![bulk("c"), Value::BulkString(vec![0xff])]),
+        ])]);
+        assert!(member_entries(not_utf8).is_err());
+    }
+
+    #[test]
+    fn fan_out_entries_are_notifications_or_loss_markers() {
+        let parsed: Vec<LiveEntry> = entries(range(&[
+            (
+                "9-0",
+                &["p", "8-0", "m", "alice", "i", "7-3", "t", "k", "c", "2"],
+            ),
+            ("9-1", &["p", "9-0", "lost", "1"]),
+        ]))
+        .unwrap()
+        .into_iter()
+        .map(|raw| live_entry(raw).unwrap())
+        .collect();
+        assert_eq!(
+            (parsed[0].id, parsed[0].prev),
+            (StreamId::new(9, 0), StreamId::new(8, 0))
+        );
+        match &parsed[0].what {
+            Fanned::Notification { member, entry } => {
+                assert_eq!(member.as_str(), "alice");
+                assert_eq!(entry.id, StreamId::new(7, 3));
+                assert_eq!((entry.kind.as_str(), entry.content.as_str()), ("k", "2"));
+            }
+            Fanned::Lost => panic!("a notification"),
+        }
+        assert!(matches!(parsed[1].what, Fanned::Lost));
+        for bad in [
+            range(&[("9-0", &["m", "alice", "i", "7-3", "c", "2"])]), // no p
+            range(&[("9-0", &["p", "8-0", "i", "7-3", "c", "2"])]),   // no m
+            range(&[("9-0", &["p", "8-0", "m", "a b", "i", "7-3", "c", "2"])]),
+        ] {
+            let raw = entries(bad).unwrap().pop().unwrap();
+            assert!(live_entry(raw).is_err());
+        }
+    }
+
+    #[test]
+    fn script_scalars_parse_exactly() {
+        assert_eq!(optional_id(&bulk("")).unwrap(), None);
+        assert_eq!(
+            optional_id(&bulk("3-4")).unwrap(),
+            Some(StreamId::new(3, 4))
+        );
+        assert!(optional_id(&Value::Int(1)).is_err());
+        // Past 2^53, where a Lua number would have lost digits.
+        assert_eq!(
+            number(&bulk("9007199254740993")).unwrap(),
+            9_007_199_254_740_993
+        );
+        assert_eq!(number(&Value::Int(7)).unwrap(), 7);
+        assert!(number(&Value::Int(-1)).is_err());
+        assert!(number(&bulk("1.5")).is_err());
+    }
 }
