@@ -27,11 +27,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    let storage = &config.storage;
     let store = Store::new(
-        &config.redis,
-        config.retention,
-        config.max_per_member,
-        config.publish_wait,
+        &storage.redis,
+        storage.retention,
+        storage.max_per_member,
+        storage.publish_wait,
     )
     .context("invalid REDIS_URL")?;
     let hub = Hub::new(metrics.clone(), config.limits.max_streams_per_member);
@@ -45,9 +46,9 @@ pub async fn run(
     } else {
         vec![(0..PARTITIONS).collect()]
     };
-    tracing::info!(redis = %config.redis, readers = reader_partitions.len(), "notification store");
-    if config.redis.skips_verification() {
-        tracing::warn!(redis = %config.redis, "REDIS_URL ends in #insecure: the server's certificate is not verified, so anyone on the network path can pose as Redis; give its CA in REDIS_TLS_CA_FILE instead");
+    tracing::info!(redis = %storage.redis, readers = reader_partitions.len(), "notification store");
+    if storage.redis.skips_verification() {
+        tracing::warn!(redis = %storage.redis, "REDIS_URL ends in #insecure: the server's certificate is not verified, so anyone on the network path can pose as Redis; give its CA in REDIS_TLS_CA_FILE instead");
     }
     for partitions in reader_partitions {
         tasks.spawn(live::run_reader(

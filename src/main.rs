@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser as _;
 use sse_notify::app;
-use sse_notify::config::{Args, Command, Config, MigrateArgs, RedisTarget};
+use sse_notify::config::{self, Args, Command, Config, MigrateArgs, Storage};
 use sse_notify::migrate::{self, Options, Report};
 use sse_notify::store::Store;
 use tokio::net::TcpListener;
@@ -24,7 +24,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_BAD_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let mut args = Args::parse();
+    let mut args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            // `--help` and `--version` print to stdout and succeed; anything else is a refused
+            // configuration, like an out-of-range value.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let command = args.command.take();
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
@@ -41,15 +53,13 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match command {
-        Some(Command::MigrateZset(migrate_args)) => {
-            runtime.block_on(migrate_zset(args, migrate_args))
-        }
+        Some(Command::MigrateZset(migrate_args)) => match Storage::from_args(&args) {
+            Ok(storage) => runtime.block_on(migrate_zset(storage, migrate_args)),
+            Err(error) => return refused(&error),
+        },
         None => match Config::try_from(args) {
             Ok(config) => runtime.block_on(serve(config)),
-            Err(error) => {
-                eprintln!("sse-notify: {error}");
-                return ExitCode::from(EXIT_BAD_CONFIG);
-            }
+            Err(error) => return refused(&error),
         },
     };
     match outcome {
@@ -104,11 +114,15 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+fn refused(error: &config::ConfigError) -> ExitCode {
+    eprintln!("sse-notify: {error}");
+    ExitCode::from(EXIT_BAD_CONFIG)
+}
+
 /// Runs the migration, with progress on stderr (a line every 2 s) and a summary on stdout.
-async fn migrate_zset(args: Args, migrate_args: MigrateArgs) -> anyhow::Result<()> {
-    let retention = Duration::from_secs(args.retention_secs.max(1));
-    let target = RedisTarget::from_args(&args)?;
-    let store = Store::new(&target, retention, args.max_per_member.max(1), None)
+async fn migrate_zset(storage: Storage, migrate_args: MigrateArgs) -> anyhow::Result<()> {
+    let target = &storage.redis;
+    let store = Store::new(target, storage.retention, storage.max_per_member, None)
         .context("invalid REDIS_URL")?;
     store
         .ping()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, Request, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -121,7 +121,13 @@ fn cors(config: &Config) -> Option<CorsLayer> {
     }
     Some(
         CorsLayer::new()
-            .allow_origin(AllowOrigin::list(config.cors_origins.iter().cloned()))
+            .allow_origin(AllowOrigin::list(
+                // Checked by the config: visible ASCII, so every one is a header value.
+                config
+                    .cors_origins
+                    .iter()
+                    .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+            ))
             .allow_credentials(true)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers([

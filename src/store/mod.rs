@@ -12,7 +12,10 @@
 pub mod keys;
 pub mod legacy;
 mod scripts;
+mod target;
 mod topology;
+
+pub use target::{PublishWait, RedisServers, RedisTarget, RedisTls, TargetError};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +27,6 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::Semaphore;
 
-use crate::config::{PublishWait, RedisTarget};
 use crate::model::{Entry, IdempotencyKey, Kind, MemberId, StreamId};
 use crate::recovery::Snapshot;
 use topology::{Commands, Redis};

@@ -27,8 +27,8 @@ use redis::{
 };
 use tokio::sync::OnceCell;
 
+use super::target::{RedisServers, RedisTarget, RedisTls};
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, StoreError};
-use crate::config::{RedisServers, RedisTarget, RedisTls};
 
 /// The connection(s) commands are sent on; a cheap clone.
 #[derive(Clone)]

@@ -243,8 +243,8 @@ async fn publish_until_acknowledged(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_zset_moves_old_sorted_sets_from_every_master() {
-    use sse_notify::config::RedisTarget;
     use sse_notify::migrate::{self, Options};
+    use sse_notify::store::RedisTarget;
     use sse_notify::store::Store;
 
     let cluster = RedisCluster::start();

@@ -99,8 +99,8 @@ fn compose_file_is_valid_and_configures_the_service_as_it_expects() {
         "listens on all interfaces inside the container"
     );
     assert_eq!(
-        config.redis.servers,
-        sse_notify::config::RedisServers::Standalone("redis://redis:6379".into())
+        config.storage.redis.servers,
+        sse_notify::store::RedisServers::Standalone("redis://redis:6379".into())
     );
     assert!(services.contains_key("redis"));
     assert!(

@@ -4,8 +4,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
-use sse_notify::config::RedisTarget;
 use sse_notify::migrate::{self, NON_NUMERIC_KEY, NOT_A_SORTED_SET, Options, Report};
+use sse_notify::store::RedisTarget;
 use sse_notify::store::Store;
 
 use crate::support::sse::SseStream;

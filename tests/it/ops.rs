@@ -229,6 +229,50 @@ fn the_binary_drains_and_exits_zero_on_sigterm_and_refuses_bad_config_with_64() 
     assert!(String::from_utf8_lossy(&bad.stderr).contains("JWT_SECRET"));
 }
 
+#[test]
+fn every_refused_configuration_exits_64_the_migration_included() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sse-notify"))
+            .env_clear()
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (env, args, says) in [
+        // A value clap cannot parse, as a value out of range: both are refused configurations.
+        (
+            &[("AUTH_MODE", "magic")][..],
+            &[][..],
+            "possible values: jwt, gateway",
+        ),
+        (
+            &[("AUTH_MODE", "gateway"), ("RETENTION_SECS", "soon")],
+            &[],
+            "RETENTION_SECS",
+        ),
+        // migrate-zset is checked like the service: 0 is refused, not turned into 1.
+        (
+            &[("RETENTION_SECS", "0")],
+            &["migrate-zset", "--dry-run"],
+            "RETENTION_SECS",
+        ),
+        (
+            &[("MAX_PER_MEMBER", "0")],
+            &["migrate-zset"],
+            "MAX_PER_MEMBER",
+        ),
+    ] {
+        let output = run(env, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{env:?} {args:?}: {stderr}");
+        assert!(stderr.contains(says), "{env:?} {args:?}: {stderr}");
+    }
+    let help = run(&[], &["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("REDIS_TLS_CA_FILE"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_is_disconnected_instead_of_buffered() {
     let redis = RedisServer::start();
