@@ -44,11 +44,16 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
+/// The event stream, in both spellings (API.md). `server.rs` serves requests for these paths
+/// itself, so a rename here must be a rename there: both use these constants.
+pub const SUBSCRIBE_PATHS: [&str; 2] = ["/notification/subscribe", "/notification/subscribe/"];
+
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config);
+    let [subscribe, subscribe_slash] = SUBSCRIBE_PATHS;
     let router = Router::new()
-        .route("/notification/subscribe", get(sse::subscribe))
-        .route("/notification/subscribe/", get(sse::subscribe))
+        .route(subscribe, get(sse::subscribe))
+        .route(subscribe_slash, get(sse::subscribe))
         .route("/notifications", get(history::page).post(publish::publish))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

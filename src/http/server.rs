@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, TRANSFER_ENCODING,
+    CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderName, HeaderValue, TRANSFER_ENCODING,
 };
 use axum::http::{HeaderMap, Request, StatusCode, Version};
 use futures_util::StreamExt as _;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-use super::MAX_BODY;
+use super::{MAX_BODY, SUBSCRIBE_PATHS};
 use crate::metrics::Metrics;
 
 /// A client must send its first request head within this time.
@@ -297,7 +297,7 @@ fn subscribe_request(read: &[u8]) -> Parsed {
         return Parsed::Other;
     };
     let route = target.split_once('?').map_or(target, |(route, _)| route);
-    if route != "/notification/subscribe" && route != "/notification/subscribe/" {
+    if !SUBSCRIBE_PATHS.contains(&route) {
         return Parsed::Other;
     }
     let mut request = Request::new(Body::empty());
@@ -398,7 +398,8 @@ async fn write_whole(
     write_all(socket, &mut [IoSlice::new(&head), IoSlice::new(&body)]).await
 }
 
-/// Status line and headers. The connection closes after this response, and says so.
+/// Status line and headers, as hyper would write them (a `date`, the framing), except that the
+/// connection closes after this response, and says so.
 fn response_head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
@@ -406,6 +407,11 @@ fn response_head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<
     head.push(b' ');
     head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
+    if !headers.contains_key(DATE) {
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
     let framed_here = |name: &HeaderName| name == CONTENT_LENGTH || name == TRANSFER_ENCODING;
     for (name, value) in headers.iter().filter(|(name, _)| !framed_here(name)) {
         head.extend_from_slice(name.as_str().as_bytes());

@@ -127,3 +127,75 @@ async fn other_requests_and_keep_alive_connections_are_served_as_before() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     app.stop().await;
 }
+
+/// A response head as a comparable map: header names (lowercase) to values, without what differs
+/// by design between the paths (framing, `connection`, the `date` value; `date` must be there).
+fn head_fields(head: &str) -> (String, std::collections::BTreeMap<String, String>) {
+    let mut lines = head.split("\r\n");
+    let status = lines.next().expect("a status line").to_owned();
+    let mut fields = std::collections::BTreeMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(": ").expect("a header line");
+        let name = name.to_ascii_lowercase();
+        let value = if name == "date" {
+            "(present)".to_owned()
+        } else {
+            value.to_owned()
+        };
+        if !["content-length", "transfer-encoding", "connection"].contains(&name.as_str()) {
+            fields.insert(name, value);
+        }
+    }
+    (status, fields)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_paths_answer_the_same_request_with_the_same_head() {
+    let redis = RedisServer::start();
+    let origin = "https://app.example";
+    let app = TestApp::start(&redis.url(), &["--cors-origins", origin]).await;
+    let jwt = token("9");
+    let cases = [
+        (
+            "no token",
+            "/notification/subscribe".to_owned(),
+            "HTTP/1.1 401",
+        ),
+        (
+            "bad position",
+            format!("/notification/subscribe/?access_token={jwt}&lastEventId=nope"),
+            "HTTP/1.1 400",
+        ),
+        (
+            "a stream",
+            format!("/notification/subscribe?access_token={jwt}&lastEventId=0-0"),
+            "HTTP/1.1 200",
+        ),
+    ];
+    for (what, target, status) in cases {
+        let mut heads = Vec::new();
+        // `Content-Length: 0` is a head the streaming path leaves to hyper: same request, other path.
+        for extra in ["", "Content-Length: 0\r\n"] {
+            let mut socket = connect(&app).await;
+            let request =
+                format!("GET {target} HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n{extra}\r\n");
+            socket.write_all(request.as_bytes()).await.unwrap();
+            let received = read_until(&mut socket, "\r\n\r\n").await;
+            let head = received.split("\r\n\r\n").next().unwrap().to_owned();
+            assert!(head.starts_with(status), "{what} {extra:?}: {head}");
+            assert!(
+                head.to_ascii_lowercase().contains("\r\ndate: "),
+                "{what} {extra:?}: {head}"
+            );
+            // Which path answered: only the streaming one closes after its response.
+            assert_eq!(
+                head.contains("\r\nconnection: close"),
+                extra.is_empty(),
+                "{what} {extra:?}: {head}"
+            );
+            heads.push(head_fields(&head));
+        }
+        assert_eq!(heads[0], heads[1], "{what}: streaming path vs hyper");
+    }
+    app.stop().await;
+}
