@@ -5,13 +5,14 @@
 #   out="$(scripts/kafka-test-broker.sh start)" && eval "$out"   # exports KAFKA_BOOTSTRAP, KAFKA_BROKER_PID, KAFKA_BROKER_DIR
 #   scripts/kafka-test-broker.sh create-topic NAME 3              # on the broker started above
 #   scripts/kafka-test-broker.sh stop                            # stops the broker started above
+#   scripts/kafka-test-broker.sh run DIR PORT                    # in the foreground (tests/it/support/kafka.rs)
 # Why these choices (measured): plain `cargo install tansu` has no storage engine; `memory://`
 # loses records when a consumer resumes inside a producer batch, `sqlite://` does not; a port in
 # use makes tansu exit 0, so readiness checks our pid and an anchored '^ready in' line.
 set -euo pipefail
 TANSU_VERSION=0.6.0
 TANSU_ROOT="${TANSU_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/sse-notify/tansu-$TANSU_VERSION}"
-TANSU_BIN="$TANSU_ROOT/bin/tansu"
+TANSU_BIN="${TANSU_BIN:-$TANSU_ROOT/bin/tansu}"
 
 install_tansu() {
   if [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version 2>/dev/null | grep -q "tansu $TANSU_VERSION"; then
@@ -24,17 +25,23 @@ install_tansu() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# run DIR PORT: the one way tansu is launched (here and by the Rust tests), in the foreground.
+# From an empty DIR and a cleaned environment: tansu reads a .env and several variables.
+run() {
+  [ -x "$TANSU_BIN" ] || { echo "tansu is not installed at $TANSU_BIN: run $0 install" >&2; exit 1; }
+  cd "$1" && exec env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
+    -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT NO_COLOR=1 \
+    "$TANSU_BIN" broker \
+    --listener-url "tcp://127.0.0.1:$2" \
+    --advertised-listener-url "tcp://127.0.0.1:$2" \
+    --storage-engine sqlite://tansu.db
+}
+
 start() {
   install_tansu
   local port="${KAFKA_PORT:-$(free_port)}"
   local dir; dir="$(mktemp -d /tmp/kafka-test.XXXXXX)"
-  # An empty cwd and a cleaned environment: tansu reads a .env and several variables.
-  ( cd "$dir" && exec env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
-      -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT NO_COLOR=1 \
-      "$TANSU_BIN" broker \
-      --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine sqlite://tansu.db ) >"$dir/broker.log" 2>&1 &
+  ( run "$dir" "$port" ) >"$dir/broker.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$dir/broker.pid"
   for _ in $(seq 1 100); do
@@ -65,8 +72,9 @@ create_topic() {
 
 case "${1:-}" in
   start) start ;;
+  run) run "$2" "$3" ;;
   stop) stop ;;
   install) install_tansu ;;
   create-topic) create_topic "$2" "${3:-1}" ;;
-  *) echo "usage: $0 install|start|stop|create-topic NAME [PARTITIONS]" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|create-topic NAME [PARTITIONS]|run DIR PORT" >&2; exit 2 ;;
 esac

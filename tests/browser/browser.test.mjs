@@ -45,11 +45,14 @@ async function openClient(context) {
 
 const received = (page) => page.evaluate(() => [...window.state.ids]);
 
+/**
+ * Waits for `expected.length` ids and asserts they are `expected`: exactly once, in order.
+ * `expected` ends with a sentinel published after everything else, so nothing duplicated or
+ * stray can hide behind it (per-member order); silence is never taken as proof.
+ */
 async function waitForIds(page, expected) {
   await until(async () => (await received(page)).length >= expected.length, `${expected.length} notifications in the page`);
-  // Nothing late either: exactly once, in order.
-  await new Promise((r) => setTimeout(r, 300));
-  assert.deepEqual(await received(page), expected);
+  assert.deepEqual((await received(page)).slice(0, expected.length), expected);
 }
 
 /**
@@ -61,6 +64,7 @@ async function crashAndRestart(page, member, a, b) {
   await until(() => page.evaluate(() => window.state.connected.length === 1), "the first connected event");
   const ids = [];
   for (let i = 0; i < 3; i++) ids.push(await publish(a, member, { before: i }));
+  ids.push(await publish(a, member, { sentinel: "before" }));
   await waitForIds(page, ids);
   const lastSeenBeforeCrash = ids.at(-1);
 
@@ -68,8 +72,10 @@ async function crashAndRestart(page, member, a, b) {
   for (let i = 0; i < 3; i++) ids.push(await publish(b, member, { during: i }));
   const restarted = await startService({ redisUrl: redis.url, port: a.port, env: { CORS_ORIGINS: pages.origin } });
   // The browser finds the instance back by itself, then catches up on what it missed.
-  await until(async () => (await received(page)).length >= 6, "the browser to reconnect and catch up", 20000);
+  const missed = ids.length;
+  await until(async () => (await received(page)).length >= missed, "the browser to reconnect and catch up", 20000);
   for (let i = 0; i < 2; i++) ids.push(await publish(restarted, member, { after: i }));
+  ids.push(await publish(restarted, member, { sentinel: "after" }));
   await waitForIds(page, ids);
   return { restarted, lastSeenBeforeCrash };
 }
@@ -122,8 +128,8 @@ test("cookie auth across origins works with withCredentials, and only with it", 
   const withCredentials = await openClient(context);
   await withCredentials.page.evaluate((url) => window.start({ url, withCredentials: true }), `${a.url}/notification/subscribe`);
   await until(() => withCredentials.page.evaluate(() => window.state.connected.length === 1), "connected");
-  const id = await publish(a, "cookie", { hello: "cookie" });
-  await waitForIds(withCredentials.page, [id]);
+  const ids = [await publish(a, "cookie", { hello: "cookie" }), await publish(a, "cookie", { sentinel: true })];
+  await waitForIds(withCredentials.page, ids);
   assert.match(withCredentials.requests.at(-1).headers.cookie ?? "", /access_token=/, "the cookie went along");
   assert.equal(await withCredentials.page.evaluate(() => document.cookie), "", "HttpOnly: page scripts cannot read it");
 

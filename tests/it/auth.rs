@@ -33,7 +33,7 @@ async fn missing_forged_and_expired_tokens_get_a_json_401() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_are_read_from_header_cookie_and_query_and_never_logged_by_path() {
+async fn tokens_are_read_from_header_cookie_and_query_and_the_header_wins() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     let by_cookie = app
@@ -67,6 +67,68 @@ async fn tokens_are_read_from_header_cookie_and_query_and_never_logged_by_path()
     by_header.next(WAIT).await.unwrap();
     assert_eq!(by_header.next(WAIT).await.unwrap().json()["member_id"], "h");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_token_never_reaches_the_logs_even_at_trace_level() {
+    use std::io::{Read as _, Write as _};
+
+    let redis = RedisServer::start();
+    let port = crate::support::redis::free_port();
+    let log_path = std::env::temp_dir().join(format!("sse-notify-log-{}", uuid::Uuid::new_v4()));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sse-notify"))
+        .env_clear()
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", redis.url())
+        .env("JWT_SECRET", crate::support::app::JWT_SECRET)
+        .env("RUST_LOG", "trace")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    crate::support::eventually("the binary to be ready", || async {
+        let ready = client.get(format!("{url}/readyz")).send().await;
+        ready.is_ok_and(|r| r.status().is_success()).then_some(())
+    })
+    .await;
+    let good = token("logged");
+    let expired = token_with(json!({"sub": "logged", "exp": now_secs() - 5}));
+    // The streaming path, hyper's path (`Content-Length: 0` sends a subscribe there), a refused
+    // token, and a trailing-slash URL.
+    for (target, extra) in [
+        (format!("/notification/subscribe?access_token={good}"), ""),
+        (
+            format!("/notification/subscribe?access_token={good}"),
+            "Content-Length: 0\r\n",
+        ),
+        (
+            format!("/notification/subscribe/?access_token={expired}"),
+            "",
+        ),
+    ] {
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        write!(socket, "GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").unwrap();
+        let mut answer = [0u8; 512];
+        let read = socket.read(&mut answer).unwrap();
+        assert!(answer[..read].starts_with(b"HTTP/1.1 "), "{target}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        logged.contains("/notification/subscribe"),
+        "requests are logged: {logged}"
+    );
+    for jwt in [&good, &expired] {
+        let signature = jwt.rsplit('.').next().unwrap();
+        assert!(!logged.contains(signature), "a token reached the log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

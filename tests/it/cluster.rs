@@ -95,14 +95,16 @@ async fn two_instances_on_a_cluster_replay_fan_out_and_suppress_duplicates() {
     assert_eq!(replay.next_notification(WAIT).await.id, Some(second));
     assert_eq!(replay.next_notification(WAIT).await.id, Some(third));
 
-    // Every stream saw exactly its notifications: nothing else is pending on any of them.
+    // Every stream saw exactly its notifications: a sentinel to every member comes next on each.
+    let sentinel = b
+        .publish_raw(json!({"member_ids": members, "content": "sentinel"}), &[])
+        .await;
+    assert_eq!(sentinel.status(), 201);
+    let sentinels: Value = sentinel.json().await.expect("JSON");
     for (i, stream) in streams.iter_mut().enumerate() {
-        if i == 5 {
-            continue;
-        }
-        let extra =
-            tokio::time::timeout(Duration::from_millis(200), stream.next_notification(WAIT)).await;
-        assert!(extra.is_err(), "unexpected notification for {}", members[i]);
+        let sentinel = sentinels["ids"][i].as_str().expect("an id");
+        let extra = stream.ids_until(sentinel, WAIT).await;
+        assert!(extra.is_empty(), "unexpected for {}: {extra:?}", members[i]);
     }
     a.stop().await;
     b.stop().await;
@@ -199,8 +201,11 @@ async fn a_master_killed_mid_stream_loses_nothing_acknowledged() {
         .await
         .expect("a cluster connection");
     let mut lost = 0;
+    let sentinels = publisher_side.publisher_raw();
     for ((browser, expected), member) in browsers.iter().zip(&acked).zip(&members) {
         assert_eq!(expected.len(), 40);
+        // Stored last, so it ends what the stream holds and what the browser must receive.
+        publish_until_acknowledged(&sentinels, member, 40, &format!("{member}-sentinel")).await;
         let held: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(stream_key(member))
             .arg("-")
@@ -330,7 +335,8 @@ async fn a_partition_moved_to_another_master_keeps_delivering_exactly_once() {
     let browser = Browser::open(vec![subscriber_side.url.clone()], member);
     let publisher = publisher_side.publisher_raw();
     let mut acked = Vec::new();
-    for round in 0..10 {
+    for round in 0..=10 {
+        // Round 10 is the sentinel: published after everything the browser must get.
         acked.push(
             publish_until_acknowledged(&publisher, member, round, &format!("m-{round}")).await,
         );
@@ -341,12 +347,12 @@ async fn a_partition_moved_to_another_master_keeps_delivering_exactly_once() {
     // while both instances run; publishing and live delivery follow it.
     cluster.move_slot(slot, to);
     assert_eq!(cluster.master_of(&key), to);
-    for round in 10..20 {
+    for round in 11..=21 {
         acked.push(
             publish_until_acknowledged(&publisher, member, round, &format!("m-{round}")).await,
         );
     }
-    browser.wait_for(&acked).await;
+    browser.wait_for(&acked).await; // round 21, the last, is this phase's sentinel
     browser.close().await;
     subscriber_side.stop().await;
     publisher_side.stop().await;

@@ -75,20 +75,33 @@ async fn old_range(
         .collect()
 }
 
-async fn replay(stream: &mut SseStream) -> (bool, Vec<(String, Value)>) {
+/// What a resuming client is replayed: `recovered`, and every notification (id, content) up to a
+/// sentinel published to `member` once the replay has started (earlier sentinels skipped).
+async fn replay(
+    stream: &mut SseStream,
+    app: &TestApp,
+    member: &str,
+) -> (bool, Vec<(String, Value)>) {
     assert!(stream.next(WAIT).await.expect("test setup").retry.is_some());
     let recovered = stream.next(WAIT).await.expect("test setup").json()["recovered"]
         .as_bool()
         .expect("test setup");
+    let sentinel = app.publish(member, json!(SENTINEL)).await;
     let mut got = Vec::new();
-    while let Ok(Some(event)) =
-        tokio::time::timeout(Duration::from_millis(300), stream.next(WAIT)).await
-    {
+    loop {
+        let event = stream.next_notification(WAIT).await;
+        let id = event.id.clone().expect("notifications carry an id");
+        if id == sentinel {
+            return (recovered, got);
+        }
         let content = event.json()["content"].clone();
-        got.push((event.id.expect("notifications carry an id"), content));
+        if content != json!(SENTINEL) {
+            got.push((id, content));
+        }
     }
-    (recovered, got)
 }
+
+const SENTINEL: &str = "sentinel: the replay before it is complete";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_the_old_layout_so_old_and_new_clients_see_what_the_old_service_gave() {
@@ -143,13 +156,22 @@ async fn moves_the_old_layout_so_old_and_new_clients_see_what_the_old_service_ga
         "the source stays without --delete-source"
     );
 
+    // The new stream expires like the service's: a retention window after its newest entry.
+    let stream_key = redis.cli(&["--scan", "--pattern", "n:*:s:42"]);
+    let ttl: u64 = redis.cli(&["pttl", &stream_key]).parse().unwrap();
+    let newest_age = 60_000 - 2_000; // `later`, at t + 2 s
+    assert!(
+        ttl <= 86_400_000 - newest_age && ttl > 86_400_000 - newest_age - 60_000,
+        "pttl {ttl}"
+    );
+
     let app = TestApp::start(&redis.url(), &[]).await;
     // An old client resuming from a timestamp gets what rangeByScore(ms, +inf) gave it.
     for from in [t, t + 1, t + 2_000] {
         let mut stream = app
             .subscribe("42", "", &[("last_message", &from.to_string())])
             .await;
-        let (recovered, got) = replay(&mut stream).await;
+        let (recovered, got) = replay(&mut stream, &app, "42").await;
         assert!(recovered, "migrated history is complete from {from}");
         let contents: Vec<Value> = got.iter().map(|(_, c)| c.clone()).collect();
         assert_eq!(
@@ -162,7 +184,7 @@ async fn moves_the_old_layout_so_old_and_new_clients_see_what_the_old_service_ga
     let mut all = app
         .subscribe("42", "", &[("last_message", &t.to_string())])
         .await;
-    let (_, got) = replay(&mut all).await;
+    let (_, got) = replay(&mut all, &app, "42").await;
     let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(
         ids,
@@ -173,13 +195,9 @@ async fn moves_the_old_layout_so_old_and_new_clients_see_what_the_old_service_ga
         ]
     );
     let mut rest = app.subscribe("42", "", &[("Last-Event-ID", ids[0])]).await;
-    assert_eq!(replay(&mut rest).await, (true, got[1..].to_vec()));
-    // The new stream expires like the service's: a retention window after its newest entry.
-    let stream_key = redis.cli(&["--scan", "--pattern", "n:*:s:42"]);
-    let ttl: u64 = redis.cli(&["pttl", &stream_key]).parse().unwrap();
-    assert!(
-        ttl > 86_400_000 - 120_000 && ttl <= 86_400_000,
-        "pttl {ttl}"
+    assert_eq!(
+        replay(&mut rest, &app, "42").await,
+        (true, got[1..].to_vec())
     );
 
     // A second run moves nothing and changes nothing.
@@ -308,7 +326,7 @@ async fn notifications_published_during_the_migration_are_all_kept_in_order() {
         let mut stream = app
             .subscribe(&member.to_string(), "", &[("Last-Event-ID", "0-0")])
             .await;
-        let (_, got) = replay(&mut stream).await;
+        let (_, got) = replay(&mut stream, &app, &member.to_string()).await;
         let contents: Vec<Value> = got.iter().map(|(_, c)| c.clone()).collect();
         assert_eq!(
             contents,

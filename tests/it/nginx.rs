@@ -190,11 +190,11 @@ async fn the_shipped_nginx_config_carries_every_stream_through_a_rolling_deploy_
     let round = |n: usize| deliver(&publisher, &base, &seen, n);
     let mut published = vec![round(1).await];
     // Rolling deploy: A drains (SIGTERM) while B serves...
-    assert!(a.terminate().success());
+    assert!(a.terminate().await.success());
     published.push(round(2).await);
     // ...A comes back on its port, then B drains...
     let a = start_instance(ports[0], &env).await;
-    assert!(b.terminate().success());
+    assert!(b.terminate().await.success());
     published.push(round(3).await);
     // ...B comes back, and A crashes.
     let b = start_instance(ports[1], &env).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::redis::free_port;
-use crate::support::{RedisServer, TestApp, WAIT, id_order, token};
+use crate::support::{RedisServer, TestApp, WAIT, eventually, id_order, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_streams_get_heartbeat_comments_without_ids() {
@@ -194,8 +194,23 @@ fn the_binary_drains_and_exits_zero_on_sigterm_and_refuses_bad_config_with_64() 
         b"GET /notification/subscribe?member_id=42 HTTP/1.1\r\nhost: x\r\n\r\n",
     )
     .unwrap();
-    let reader = std::thread::spawn(move || std::io::read_to_string(socket).unwrap_or_default());
-    std::thread::sleep(Duration::from_millis(300)); // let the stream open before the signal
+    // The stream is open once `connected` has arrived; the rest is read on its own thread.
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut socket = BufReader::new(socket);
+    let mut opened = String::new();
+    while !opened.contains("event: connected") {
+        let read = socket
+            .read_line(&mut opened)
+            .expect("the stream opens within 10 s");
+        assert!(read > 0, "closed before connected: {opened}");
+    }
+    let reader = std::thread::spawn(move || {
+        let mut received = opened;
+        let _ = std::io::Read::read_to_string(&mut socket, &mut received);
+        received
+    });
 
     let started = Instant::now();
     assert!(
@@ -288,7 +303,10 @@ async fn a_client_that_does_not_read_is_disconnected_instead_of_buffered() {
     tokio::io::AsyncWriteExt::write_all(&mut socket, request.as_bytes())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the stream to open", || async {
+        (app.metric("sse_notify_open_streams").await == 1.0).then_some(())
+    })
+    .await;
     let big = "x".repeat(60_000);
     let mut published = 0;
     loop {

@@ -176,7 +176,7 @@ async fn publishing_is_refused_when_no_publish_token_is_configured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_answers_503_while_redis_is_down_and_writes_nothing_half() {
+async fn publish_answers_503_store_unavailable_while_redis_is_down() {
     let mut redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     redis.stop();

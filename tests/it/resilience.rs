@@ -44,11 +44,13 @@ async fn a_client_killed_instance_resumes_on_another_with_nothing_lost() {
     let b = TestApp::start(&redis.url(), &[]).await;
     let browser = Browser::open(vec![a.url.clone(), b.url.clone()], "42");
     let mut expected = vec![b.publish("42", json!(0)).await];
+    expected.push(b.publish("42", json!("sentinel")).await);
     browser.wait_for(&expected).await;
     a.stop().await; // its streams get a retry and close; the browser moves to b
     for i in 1..=5 {
         expected.push(b.publish("42", json!(i)).await);
     }
+    expected.push(b.publish("42", json!("sentinel")).await);
     browser.wait_for(&expected).await;
     assert!(
         browser
@@ -81,14 +83,17 @@ async fn redis_restarting_under_open_streams_loses_nothing_published_after_it_re
     let mut redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     let browser = Browser::open(vec![app.url.clone()], "42");
-    let before = app.publish("42", json!("before")).await;
-    browser.wait_for(std::slice::from_ref(&before)).await;
+    let mut expected = vec![
+        app.publish("42", json!("before")).await,
+        app.publish("42", json!("sentinel")).await,
+    ];
+    browser.wait_for(&expected).await;
 
     redis.restart(); // empty: no persistence
-    let mut expected = vec![before];
     for i in 0..5 {
         expected.push(publish_when_possible(&app, "42", json!(i)).await);
     }
+    expected.push(publish_when_possible(&app, "42", json!("sentinel")).await);
     browser.wait_for(&expected).await;
     // The restart lost data, and a client positioned before it is told so.
     assert_eq!(

@@ -7,7 +7,9 @@ use serde_json::json;
 use crate::support::sse::SseStream;
 use crate::support::{RedisServer, TestApp, WAIT};
 
-async fn connected_and_ids(stream: &mut SseStream) -> (bool, Vec<String>) {
+/// Reads the `retry:` and `connected` frames; returns `recovered`. The replay's first batch was
+/// read with that decision, so what is published afterwards cannot change what it replays.
+async fn recovered(stream: &mut SseStream) -> bool {
     assert!(
         stream
             .next(WAIT)
@@ -16,17 +18,9 @@ async fn connected_and_ids(stream: &mut SseStream) -> (bool, Vec<String>) {
             .retry
             .is_some()
     );
-    let recovered = stream.next(WAIT).await.expect("a connected event").json()["recovered"]
+    stream.next(WAIT).await.expect("a connected event").json()["recovered"]
         .as_bool()
-        .expect("recovered is a bool");
-    let mut ids = Vec::new();
-    // Replayed entries arrive right after `connected`; a short silence means the replay is over.
-    while let Ok(Some(event)) =
-        tokio::time::timeout(Duration::from_millis(300), stream.next(WAIT)).await
-    {
-        ids.extend(event.id);
-    }
-    (recovered, ids)
+        .expect("recovered is a bool")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,21 +31,18 @@ async fn the_member_cap_drops_the_oldest_and_reports_recovered_false_to_those_wh
     for i in 0..5 {
         ids.push(app.publish("42", json!(i)).await);
     }
-    // ids[0] and ids[1] were dropped: a client at ids[0] missed ids[1].
+    // ids[0] and ids[1] were dropped: a client at ids[0] missed ids[1]; one at ids[1] missed
+    // nothing that was dropped; one at ids[4] is up to date.
     let mut behind = app.subscribe("42", "", &[("Last-Event-ID", &ids[0])]).await;
-    assert_eq!(
-        connected_and_ids(&mut behind).await,
-        (false, ids[2..].to_vec())
-    );
-    // A client at ids[1] missed nothing that was dropped.
     let mut current = app.subscribe("42", "", &[("Last-Event-ID", &ids[1])]).await;
-    assert_eq!(
-        connected_and_ids(&mut current).await,
-        (true, ids[2..].to_vec())
-    );
-    // Up to date: nothing to replay, nothing missed.
     let mut latest = app.subscribe("42", "", &[("Last-Event-ID", &ids[4])]).await;
-    assert_eq!(connected_and_ids(&mut latest).await, (true, vec![]));
+    assert!(!recovered(&mut behind).await);
+    assert!(recovered(&mut current).await);
+    assert!(recovered(&mut latest).await);
+    let sentinel = app.publish("42", json!("sentinel")).await;
+    assert_eq!(behind.ids_until(&sentinel, WAIT).await, ids[2..]);
+    assert_eq!(current.ids_until(&sentinel, WAIT).await, ids[2..]);
+    assert!(latest.ids_until(&sentinel, WAIT).await.is_empty());
     assert_eq!(
         redis
             .cli(&["--scan", "--pattern", "n:*:s:42"])
@@ -82,28 +73,32 @@ async fn notifications_older_than_the_retention_window_are_never_replayed() {
         redis.cli(&["xlen", &redis.cli(&["--scan", "--pattern", "n:*:s:42"])]),
         "2"
     );
-    let mut stream = app
+    let mut before = app
         .subscribe("42", "", &[("Last-Event-ID", &before_old)])
         .await;
-    assert_eq!(
-        connected_and_ids(&mut stream).await,
-        (false, vec![recent.clone()])
-    );
     // A client that had seen `old` missed nothing that expired.
-    let mut stream = app.subscribe("42", "", &[("Last-Event-ID", &old)]).await;
-    assert_eq!(
-        connected_and_ids(&mut stream).await,
-        (true, vec![recent.clone()])
-    );
+    let mut after = app.subscribe("42", "", &[("Last-Event-ID", &old)]).await;
+    assert!(!recovered(&mut before).await);
+    assert!(recovered(&mut after).await);
 
     // The next write trims `old` and renews the expiry to the window.
     let new = app.publish("42", json!("new")).await;
+    assert_eq!(
+        before.ids_until(&new, WAIT).await,
+        std::slice::from_ref(&recent)
+    );
+    assert_eq!(
+        after.ids_until(&new, WAIT).await,
+        std::slice::from_ref(&recent)
+    );
     let key = redis.cli(&["--scan", "--pattern", "n:*:s:42"]);
     assert_eq!(redis.cli(&["xlen", &key]), "2");
     let ttl: i64 = redis.cli(&["pttl", &key]).parse().unwrap();
     assert!((1..=3_000).contains(&ttl), "pttl {ttl}");
     let mut stream = app.subscribe("42", "", &[("Last-Event-ID", &recent)]).await;
-    assert_eq!(connected_and_ids(&mut stream).await, (true, vec![new]));
+    assert!(recovered(&mut stream).await);
+    let sentinel = app.publish("42", json!("sentinel")).await;
+    assert_eq!(stream.ids_until(&sentinel, WAIT).await, [new]);
     app.stop().await;
 }
 
@@ -120,10 +115,13 @@ async fn an_expired_stream_does_not_look_like_a_complete_empty_history() {
     let mut stream = app
         .subscribe("42", "", &[("Last-Event-ID", &before_old)])
         .await;
-    assert_eq!(connected_and_ids(&mut stream).await, (false, vec![]));
+    assert!(!recovered(&mut stream).await);
     // And the first entry of a new stream does not claim to follow the lost one.
     let new = app.publish("42", json!("new")).await;
+    assert!(stream.ids_until(&new, WAIT).await.is_empty());
     let mut stream = app.subscribe("42", "", &[("Last-Event-ID", &old)]).await;
-    assert_eq!(connected_and_ids(&mut stream).await, (false, vec![new]));
+    assert!(!recovered(&mut stream).await);
+    let sentinel = app.publish("42", json!("sentinel")).await;
+    assert_eq!(stream.ids_until(&sentinel, WAIT).await, [new]);
     app.stop().await;
 }

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::eventually;
 use super::sse::SseStream;
 
 pub const JWT_SECRET: &str = "test-jwt-secret";
@@ -73,30 +74,19 @@ impl TestApp {
 
     /// Waits (bounded) until `/readyz` says ready.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !self.readyz().await.0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "instance at {} not ready within {WAIT:?}",
-                self.url
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{} to be ready", self.url);
+        eventually(&what, || async { self.readyz().await.0.then_some(()) }).await;
     }
 
     /// Waits until `/readyz` reports Redis unreachable: the instance's own command connection
     /// has failed (not merely the test's view of Redis), so what it answers next is what an
     /// outage looks like, not a command lost on a dying connection.
     pub async fn wait_unready(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.readyz().await.1 != Some(false) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "instance at {} still reaches redis after {WAIT:?}",
-                self.url
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{} to report redis unreachable", self.url);
+        eventually(&what, || async {
+            (self.readyz().await.1 == Some(false)).then_some(())
+        })
+        .await;
     }
 
     /// `/readyz`: whether it answered 200, and its `redis` field.

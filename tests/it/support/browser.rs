@@ -76,6 +76,10 @@ impl Browser {
         }
     }
 
+    /// Waits until the browser holds `expected.len()` ids and asserts they are `expected`, exactly,
+    /// in order. `expected` ends with a sentinel the test published after everything else, so a
+    /// duplicate or a stray id cannot hide behind it (per-member order), and no stretch of silence
+    /// has to stand in for proof.
     pub async fn wait_for(&self, expected: &[String]) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.ids.lock().expect("lock not poisoned").len() < expected.len() {
@@ -86,9 +90,8 @@ impl Browser {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Exactly once, in order: no duplicate may arrive late either.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(*self.ids.lock().expect("lock not poisoned"), expected);
+        let ids = self.ids.lock().expect("lock not poisoned");
+        assert_eq!(ids[..expected.len()], *expected, "exactly once, in order");
     }
 
     pub async fn close(self) {

@@ -30,19 +30,8 @@ pub fn bootstrap() -> &'static str {
     &BROKER.bootstrap
 }
 
-fn tansu_binary() -> String {
-    if let Ok(bin) = std::env::var("TANSU_BIN") {
-        return bin;
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cache = std::env::var("XDG_CACHE_HOME").unwrap_or(format!("{home}/.cache"));
-    let cached = format!("{cache}/sse-notify/tansu-0.6.0/bin/tansu");
-    if std::path::Path::new(&cached).exists() {
-        cached
-    } else {
-        "tansu".to_owned()
-    }
-}
+/// The launcher the scripts use too: one definition of how tansu runs.
+const LAUNCHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-test-broker.sh");
 
 fn start_broker() -> Broker {
     if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") {
@@ -51,14 +40,11 @@ fn start_broker() -> Broker {
             _lifeline: None,
         };
     }
-    let tansu = tansu_binary();
     let dir = std::env::temp_dir().join(format!("sse-notify-kafka-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir for the broker");
     let port = free_port();
-    // The shell starts tansu from an empty dir (it reads a .env), then waits for EOF on stdin.
-    let script = r#"cd "$1" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID NO_COLOR=1 \
-        "$2" broker --listener-url "tcp://127.0.0.1:$3" --advertised-listener-url "tcp://127.0.0.1:$3" \
-        --storage-engine sqlite://tansu.db > broker.log 2>&1 &
+    // The shell runs the launcher in the background, then waits for EOF on stdin.
+    let script = r#"bash "$2" run "$1" "$3" > "$1/broker.log" 2>&1 &
         pid=$!; cat > /dev/null; kill $pid; wait $pid; rm -rf "$1""#;
     let mut child = Command::new("sh")
         .args([
@@ -66,7 +52,7 @@ fn start_broker() -> Broker {
             script,
             "sh",
             dir.to_str().expect("utf-8 temp dir"),
-            &tansu,
+            LAUNCHER,
             &port.to_string(),
         ])
         .stdin(Stdio::piped())
@@ -84,9 +70,7 @@ fn start_broker() -> Broker {
         if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
             let mut text = String::new();
             let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
-            panic!(
-                "tansu ({tansu}) did not start; run scripts/kafka-test-broker.sh install. Log:\n{text}"
-            );
+            panic!("tansu did not start; run scripts/kafka-test-broker.sh install. Log:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

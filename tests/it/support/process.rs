@@ -58,8 +58,8 @@ impl ServiceProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then the exit status (bounded wait).
-    pub fn terminate(mut self) -> ExitStatus {
+    /// SIGTERM, then the exit status (bounded wait; polls without blocking the runtime).
+    pub async fn terminate(mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -77,7 +77,7 @@ impl ServiceProcess {
                 Instant::now() < deadline,
                 "sse-notify did not exit within 10 s of SIGTERM"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
