@@ -21,28 +21,41 @@ scenarios=(
   "replay --members 10000 --missed 100"
 )
 
+# What run_nchan started, stopped by the trap if the script ends (or is interrupted) mid-run.
+nchan_pids=()
+nchan_work=""
+stop_nchan() {
+  kill "${nchan_pids[@]}" 2>/dev/null || true
+  wait "${nchan_pids[@]}" 2>/dev/null || true
+  [ -z "$nchan_work" ] || rm -rf "$nchan_work"
+  nchan_pids=()
+  nchan_work=""
+}
+trap 'stop_nchan; rm -f "$results"' EXIT
+
 # One Nchan (1 worker, Redis store) on its own Redis; the run's RESULT line is appended to $results.
 run_nchan() {
   local work redis_port port master worker
   work="$(mktemp -d)"
+  nchan_work="$work"
   redis_port="$(free_port 26379)"
   redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
     --logfile "$work/redis.log" --maxclients 20000 &
   local redis_pid=$!
-  until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.05; done
+  nchan_pids+=("$redis_pid")
+  wait_until 10 "redis on $redis_port" redis_up "$redis_port"
   port="$(free_port 28080)"
   mkdir -p "$work/nginx/conf" "$work/nginx/logs"
   sed "s/@PORT@/$port/" bench/nchan.conf >"$work/nginx/conf/nginx.conf"
   printf 'nchan_use_redis on;\nnchan_redis_url "redis://127.0.0.1:%s";\n' "$redis_port" >"$work/nginx/conf/storage.conf"
   nginx -p "$work/nginx/" -c conf/nginx.conf -g 'worker_processes 1;' 2>/dev/null &
   master=$!
-  until curl -s -o /dev/null "http://127.0.0.1:$port/nchan_status"; do sleep 0.05; done
+  nchan_pids+=("$master")
+  wait_until 10 "nginx on $port" http_ok "http://127.0.0.1:$port/nchan_status"
   worker="$(pgrep -P "$master" | head -1)"
   ./target/release/sse-bench "$@" --target nchan --addr "127.0.0.1:$port" --server-pid "$worker" \
     --redis-port "$redis_port" --redis-pid "$redis_pid" | grep '^RESULT' | tee -a "$results"
-  kill "$master" "$redis_pid" 2>/dev/null || true
-  wait "$master" "$redis_pid" 2>/dev/null || true
-  rm -rf "$work"
+  stop_nchan
 }
 
 started="$(date -u '+%Y-%m-%d %H:%M UTC')"

@@ -15,7 +15,7 @@ port="$(free_port 16479)"
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --logfile "$work/redis.log" &
 redis_pid=$!
 trap 'kill "$redis_pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
+wait_until 10 "redis on $port" redis_up "$port"
 
 # The old layout, written with redis-cli --pipe (raw RESP, fastest).
 python3 - "$members" "$per_member" <<'PY' | redis-cli -p "$port" --pipe >/dev/null

@@ -10,14 +10,15 @@ cargo build --release --quiet -p sse-notify
 work="$(mktemp -d)"
 redis_port="$(free_port 16555)"
 port="$(free_port 18555)"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --logfile "$work/redis.log" &
-redis_pid=$!
-until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.05; done
+pids+=($!)
+wait_until 10 "redis on $redis_port" redis_up "$redis_port"
 LISTEN_ADDR="127.0.0.1:$port" REDIS_URL="redis://127.0.0.1:$redis_port" AUTH_MODE=gateway PUBLISH_TOKEN=t RUST_LOG=warn \
   ./target/release/sse-notify 2>"$work/sse-notify.log" &
-server_pid=$!
-trap 'kill "$server_pid" "$redis_pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.05; done
+pids+=($!)
+wait_until 30 "sse-notify to be ready" http_ok "http://127.0.0.1:$port/readyz"
 
 members="$(python3 -c 'import json; print(json.dumps(["member-%d" % i for i in range(1000)]))')"
 text='"a notification of about one hundred bytes of JSON text, as an application would send it.."'

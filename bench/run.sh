@@ -13,18 +13,28 @@ ensure_apt redis-server redis-tools curl
 
 cargo build --release --quiet -p sse-notify -p sse-bench
 work="$(mktemp -d)"
+# Everything started is stopped on any exit: the trap is set before the first start.
+pids=()
+kafka_started=0
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  [ "$kafka_started" = 0 ] || bash scripts/kafka-test-broker.sh stop
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 redis_port="$(free_port 16379)"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
   --logfile "$work/redis.log" --maxclients 20000 &
 redis_pid=$!
-until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.05; done
+pids+=("$redis_pid")
+wait_until 10 "redis on $redis_port" redis_up "$redis_port"
 redis_url="redis://127.0.0.1:$redis_port"
 redis_args=(--redis-port "$redis_port" --redis-pid "$redis_pid")
 
 # REDIS_CLUSTER=1: a local Redis Cluster (3 masters + 3 replicas) instead of the single Redis.
 # Redis CPU is then not reported (six processes); the server's connections to it are counted.
 cluster_ports=()
-cluster_pids=()
 if [ "${REDIS_CLUSTER:-0}" = 1 ]; then
   next=21000
   for _ in 1 2 3 4 5 6; do
@@ -34,20 +44,22 @@ if [ "${REDIS_CLUSTER:-0}" = 1 ]; then
     redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
       --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 2000 --save "" \
       --appendonly no --dir "$work" --logfile "$work/redis-$port.log" --maxclients 20000 &
-    cluster_pids+=($!)
+    pids+=($!)
   done
   for port in "${cluster_ports[@]}"; do
-    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
+    wait_until 10 "redis on $port" redis_up "$port"
   done
   redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") \
     --cluster-replicas 1 --cluster-yes >/dev/null
+  cluster_ok() { redis-cli -p "$1" cluster info | grep -q cluster_state:ok; }
+  replica_online() { redis-cli -p "$1" info replication | grep -q 'slave0:.*state=online'; }
   for port in "${cluster_ports[@]}"; do
-    until redis-cli -p "$port" cluster info | grep -q cluster_state:ok; do sleep 0.1; done
+    wait_until 30 "the cluster state on $port" cluster_ok "$port"
   done
   # Replicas in sync before measuring (a WAIT would otherwise time out on the initial sync).
   for port in "${cluster_ports[@]}"; do
     if redis-cli -p "$port" role | head -1 | grep -q master; then
-      until redis-cli -p "$port" info replication | grep -q 'slave0:.*state=online'; do sleep 0.1; done
+      wait_until 30 "the replica of $port" replica_online "$port"
     fi
   done
   redis_url="redis+cluster://$(printf '127.0.0.1:%s,' "${cluster_ports[@]:0:3}" | sed 's/,$//')"
@@ -59,6 +71,7 @@ kafka_args=()
 if [ "${1:-}" = kafka ]; then
   out="$(bash scripts/kafka-test-broker.sh start)"
   eval "$out"
+  kafka_started=1
   bash scripts/kafka-test-broker.sh create-topic bench 3
   export KAFKA_BROKERS="$KAFKA_BOOTSTRAP" KAFKA_TOPICS=bench KAFKA_GROUP_ID=bench
   kafka_args=(--brokers "$KAFKA_BOOTSTRAP" --topic bench)
@@ -75,8 +88,8 @@ LISTEN_ADDR="127.0.0.1:$port" REDIS_URL="$redis_url" JWT_SECRET=bench-secret \
   PUBLISH_TOKEN=bench-publish-token HEARTBEAT_SECS=15 RUST_LOG=warn \
   ./target/release/sse-notify >"$work/sse-notify.log" 2>&1 &
 server_pid=$!
-trap 'kill "$server_pid" "$redis_pid" 2>/dev/null || true; kill "${cluster_pids[@]}" 2>/dev/null || true; bash scripts/kafka-test-broker.sh stop; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.05; done
+pids+=("$server_pid")
+wait_until 30 "sse-notify to be ready (log: $work/sse-notify.log)" http_ok "http://127.0.0.1:$port/readyz"
 
 ./target/release/sse-bench "$@" "${kafka_args[@]}" --addr "127.0.0.1:$port" --server-pid "$server_pid" \
   "${redis_args[@]}"

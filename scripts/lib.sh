@@ -42,3 +42,21 @@ free_port() {
   done
   echo "$port"
 }
+
+# wait_until SECONDS WHAT COMMAND... : runs COMMAND every 0.05 s until it succeeds; after SECONDS
+# says what it was waiting for and fails (so no wait is unbounded).
+wait_until() {
+  local seconds="$1" what="$2"; shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "gave up after ${seconds}s waiting for $what" >&2
+      return 1
+    fi
+    sleep 0.05
+  done
+}
+
+# Probes for wait_until.
+redis_up() { redis-cli -p "$1" ping; }
+http_ok() { curl -sf -o /dev/null "$1"; }
