@@ -10,12 +10,6 @@ use tokio::net::TcpStream;
 use crate::support::app::PUBLISH_TOKEN;
 use crate::support::{RedisServer, TestApp, eventually, token};
 
-async fn connect(app: &TestApp) -> TcpStream {
-    TcpStream::connect(app.url.trim_start_matches("http://"))
-        .await
-        .expect("connect to the service")
-}
-
 /// Reads until `needle` has arrived (or the connection ends), returning everything read.
 async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
     let mut received = Vec::new();
@@ -46,7 +40,7 @@ async fn open_streams(app: &TestApp) -> f64 {
 async fn a_request_head_arriving_in_pieces_is_streamed_and_a_closed_client_is_noticed() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
-    let mut socket = connect(&app).await;
+    let mut socket = app.connect().await;
     let request = format!(
         "GET /notification/subscribe?access_token={} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 0-0\r\n\r\n",
         token("7")
@@ -80,7 +74,7 @@ async fn a_request_head_arriving_in_pieces_is_streamed_and_a_closed_client_is_no
 async fn other_requests_and_keep_alive_connections_are_served_as_before() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
-    let mut socket = connect(&app).await;
+    let mut socket = app.connect().await;
     // A publish, then a subscribe on the same keep-alive connection.
     let body = r#"{"member_id":"8","type":"t","content":1}"#;
     let publish = format!(
@@ -99,7 +93,7 @@ async fn other_requests_and_keep_alive_connections_are_served_as_before() {
     assert!(stream.contains("HTTP/1.1 200 OK"), "{stream}");
 
     // A rejected subscribe is a whole response with its JSON body, and the connection closes.
-    let mut socket = connect(&app).await;
+    let mut socket = app.connect().await;
     socket
         .write_all(b"GET /notification/subscribe HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -121,7 +115,7 @@ async fn other_requests_and_keep_alive_connections_are_served_as_before() {
     assert!(body.contains(r#""error":"unauthorized""#), "{answer}");
 
     // Garbage is hyper's to answer.
-    let mut socket = connect(&app).await;
+    let mut socket = app.connect().await;
     socket.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
     let answer = read_until(&mut socket, "\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
@@ -176,7 +170,7 @@ async fn both_paths_answer_the_same_request_with_the_same_head() {
         let mut heads = Vec::new();
         // `Content-Length: 0` is a head the streaming path leaves to hyper: same request, other path.
         for extra in ["", "Content-Length: 0\r\n"] {
-            let mut socket = connect(&app).await;
+            let mut socket = app.connect().await;
             let request =
                 format!("GET {target} HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n{extra}\r\n");
             socket.write_all(request.as_bytes()).await.unwrap();

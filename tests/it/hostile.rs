@@ -9,12 +9,6 @@ use tokio::net::TcpStream;
 use crate::support::sse::SseStream;
 use crate::support::{RedisServer, TestApp, WAIT, token};
 
-async fn connect(app: &TestApp) -> TcpStream {
-    TcpStream::connect(app.url.trim_start_matches("http://"))
-        .await
-        .expect("connect to the service")
-}
-
 /// Everything the service sends until it closes the connection (bounded by `WAIT`).
 async fn read_to_close(socket: &mut TcpStream) -> String {
     let mut received = Vec::new();
@@ -33,7 +27,7 @@ async fn oversized_heads_get_431_on_both_paths() {
     let app = TestApp::start(&redis.url(), &[]).await;
     let padding = "x".repeat(40 * 1024);
     for path in ["/notifications", "/notification/subscribe"] {
-        let mut socket = connect(&app).await;
+        let mut socket = app.connect().await;
         let head = format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Pad: {padding}");
         // The head never ends: the service must not keep reading it into memory.
         let _ = socket.write_all(head.as_bytes()).await;
@@ -41,7 +35,7 @@ async fn oversized_heads_get_431_on_both_paths() {
         assert!(answer.starts_with("HTTP/1.1 431"), "{path}: {answer:?}");
     }
     let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let mut socket = connect(&app).await;
+    let mut socket = app.connect().await;
     let head = format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many}\r\n");
     socket.write_all(head.as_bytes()).await.expect("write");
     let answer = read_to_close(&mut socket).await;
@@ -55,7 +49,7 @@ async fn oversized_heads_get_431_on_both_paths() {
 async fn a_client_that_keeps_sending_after_its_request_is_dropped() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
-    let mut socket = connect(&app).await;
+    let mut socket = app.connect().await;
     let head = format!(
         "GET /notification/subscribe HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
         token("blaster")
@@ -142,7 +136,7 @@ async fn at_max_connections_idle_sockets_make_way_and_served_ones_refuse_the_new
     .await;
     // The readiness check's keep-alive connection holds one slot; idle sockets (no request
     // sent) take the others...
-    let mut idle = vec![connect(&app).await, connect(&app).await];
+    let mut idle = vec![app.connect().await, app.connect().await];
     // ...and a health check still gets in: the oldest idle socket is closed for it.
     let fresh = reqwest::Client::new();
     let health = fresh
@@ -170,7 +164,7 @@ async fn at_max_connections_idle_sockets_make_way_and_served_ones_refuse_the_new
         stream.next(WAIT).await.expect("connected");
         streams.push(stream);
     }
-    let mut refused = connect(&app).await;
+    let mut refused = app.connect().await;
     let _ = refused
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .await;
@@ -205,7 +199,7 @@ fn a_redis_target_that_cannot_work_refuses_to_start() {
 async fn a_body_that_never_finishes_arriving_gets_408_and_the_connection_closes() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
-    let mut socket = connect(&app).await;
+    let mut socket = app.connect().await;
     let head = format!(
         "POST /notifications HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{{",
         crate::support::app::PUBLISH_TOKEN
@@ -238,7 +232,7 @@ async fn open_connections(app: &TestApp) -> f64 {
 async fn a_head_that_outgrows_the_streaming_path_keeps_its_one_deadline() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
-    let mut socket = connect(&app).await;
+    let mut socket = app.connect().await;
     let started = std::time::Instant::now();
     socket
         .write_all(b"GET /notification/subscribe HTTP/1.1\r\nHost: t\r\n")
@@ -279,7 +273,7 @@ async fn a_client_that_stops_reading_a_stream_hyper_serves_is_dropped() {
     let publisher = app.publisher();
     publisher.publish("warm-up", serde_json::json!(0)).await; // the pool's connection, counted
     let before = open_connections(&app).await;
-    let mut socket = connect(&app).await;
+    let mut socket = app.connect().await;
     // HTTP/1.0: hyper serves it (the streaming path takes HTTP/1.1 only).
     let head = format!(
         "GET /notification/subscribe HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",

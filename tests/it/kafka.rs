@@ -9,7 +9,7 @@ use crate::support::kafka::{
     bootstrap, committed, consume, create_topics, produce, producer, unique,
 };
 use crate::support::process::ServiceProcess;
-use crate::support::{RedisServer, TestApp, WAIT, eventually};
+use crate::support::{RedisServer, TestApp, WAIT, eventually, metric_at};
 
 /// Topic, DLQ topic and group, fresh for one test, and the flags that point an instance at them.
 struct Setup {
@@ -87,15 +87,10 @@ async fn wait_for_history(url: &str, member: &str, count: usize) -> Vec<Value> {
     .await
 }
 
+/// A metric of the instance at `url`; 0 before it is first recorded.
 async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
+    metric_at(&reqwest::Client::new(), url, name)
         .await
-        .expect("the metrics request is answered")
-        .text()
-        .await
-        .expect("metrics are text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
 

@@ -15,7 +15,7 @@ use crate::support::process::ServiceProcess;
 use crate::support::redis::free_port;
 use crate::support::sse::SseStream;
 use crate::support::tls::Pki;
-use crate::support::{RedisServer, WAIT, eventually, token};
+use crate::support::{RedisServer, WAIT, eventually, metric_at, token};
 
 const BROWSERS: usize = 200;
 
@@ -151,15 +151,8 @@ async fn deliver(
 }
 
 async fn open_streams(url: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
+    metric_at(&reqwest::Client::new(), url, "sse_notify_open_streams")
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix("sse_notify_open_streams "))
-        .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
 

@@ -293,9 +293,7 @@ async fn a_client_that_does_not_read_is_disconnected_instead_of_buffered() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     // Subscribe over a raw socket and never read: the kernel buffers fill, then our send buffer.
-    let mut socket = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
-        .await
-        .unwrap();
+    let mut socket = app.connect().await;
     let request = format!(
         "GET /notification/subscribe HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
         token("slow")

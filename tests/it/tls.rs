@@ -35,14 +35,8 @@ async fn publish_subscribe_and_resume_over_mutual_tls_with_an_acl_user() {
         pki.arg("client.pem"),
         pki.arg("client.key"),
     );
-    let flags = [
-        "--redis-tls-ca-file",
-        ca.as_str(),
-        "--redis-tls-cert-file",
-        cert.as_str(),
-        "--redis-tls-key-file",
-        key.as_str(),
-    ];
+    let flags = pki.service_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let app = TestApp::start(&alice(&redis), &flags).await;
     let mut stream = app.subscribe("t1", "", &[]).await;
     stream.next(WAIT).await.unwrap(); // retry
@@ -140,19 +134,8 @@ async fn a_server_that_requires_a_client_certificate_refuses_a_client_without_on
 async fn a_cluster_over_tls_delivers_live_and_replays_on_every_master() {
     let pki = Pki::new();
     let cluster = RedisCluster::start_tls(&pki);
-    let (ca, cert, key) = (
-        pki.arg("ca.pem"),
-        pki.arg("client.pem"),
-        pki.arg("client.key"),
-    );
-    let flags = [
-        "--redis-tls-ca-file",
-        ca.as_str(),
-        "--redis-tls-cert-file",
-        cert.as_str(),
-        "--redis-tls-key-file",
-        key.as_str(),
-    ];
+    let flags = pki.service_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     assert!(cluster.url().starts_with("rediss+cluster://"));
     let app = TestApp::start(&cluster.url(), &flags).await;
     // Members on every master: each master's blocking reader is a TLS connection of its own,

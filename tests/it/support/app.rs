@@ -102,22 +102,20 @@ impl TestApp {
     /// The value of one metric line (`name` with any suffix, e.g. `sse_notify_open_streams`),
     /// scraped through `client` (a fresh one to keep the pool's connection out of a count).
     pub async fn metric_through(&self, client: &reqwest::Client, name: &str) -> f64 {
-        let text = client
-            .get(format!("{}/metrics", self.url))
-            .send()
+        super::metric_at(client, &self.url, name)
             .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+            .unwrap_or_else(|| panic!("no metric {name} at {}", self.url))
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
         self.metric_through(&self.client, name).await
+    }
+
+    /// A raw TCP connection to the instance, for requests written byte by byte.
+    pub async fn connect(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.url.trim_start_matches("http://"))
+            .await
+            .expect("connect to the service")
     }
 
     /// Cancels the token and waits for `app::run` to return.

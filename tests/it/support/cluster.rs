@@ -98,9 +98,7 @@ impl RedisCluster {
     fn redis_cli(&self) -> Command {
         let mut cli = Command::new("redis-cli");
         if let Some(pki) = &self.tls {
-            cli.arg("--tls").arg("--cacert").arg(pki.join("ca.pem"));
-            cli.arg("--cert").arg(pki.join("client.pem"));
-            cli.arg("--key").arg(pki.join("client.key"));
+            cli.args(super::tls::cli_args(pki));
         }
         cli
     }
@@ -276,15 +274,12 @@ fn spawn(port: u16, dir: &std::path::Path, tls: Option<&std::path::Path>) -> Opt
     let mut command = Command::new("redis-server");
     match tls {
         None => command.args(["--port", &port.to_string()]),
-        Some(pki) => command
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
-            .arg("--tls-cert-file")
-            .arg(pki.join("server.pem"))
-            .arg("--tls-key-file")
-            .arg(pki.join("server.key"))
-            .arg("--tls-ca-cert-file")
-            .arg(pki.join("ca.pem")),
+        Some(pki) => command.args(super::tls::server_args(pki, port)).args([
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ]),
     };
     let process = command
         .args(["--bind", "127.0.0.1"])

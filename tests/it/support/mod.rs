@@ -12,6 +12,21 @@ pub mod tls;
 pub use app::{TestApp, WAIT, token};
 pub use redis::RedisServer;
 
+/// One metric of the instance at `url` (a line `name value`), `None` when it has none yet.
+pub async fn metric_at(client: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
 /// A stream id as a sortable pair: `(ms, seq)`.
 pub fn id_order(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').expect("a stream id");

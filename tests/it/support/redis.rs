@@ -143,9 +143,7 @@ impl RedisServer {
         let mut cli = Command::new("redis-cli");
         cli.args(["-p", &self.port.to_string()]);
         if let Some(pki) = &self.tls {
-            cli.arg("--tls").arg("--cacert").arg(pki.join("ca.pem"));
-            cli.arg("--cert").arg(pki.join("client.pem"));
-            cli.arg("--key").arg(pki.join("client.key"));
+            cli.args(super::tls::cli_args(pki));
         }
         let output = cli
             .args(args)
@@ -176,14 +174,7 @@ impl RedisServer {
         let mut command = Command::new("redis-server");
         match &self.tls {
             None => command.args(["--port", &self.port.to_string()]),
-            Some(pki) => command
-                .args(["--port", "0", "--tls-port", &self.port.to_string()])
-                .arg("--tls-cert-file")
-                .arg(pki.join("server.pem"))
-                .arg("--tls-key-file")
-                .arg(pki.join("server.key"))
-                .arg("--tls-ca-cert-file")
-                .arg(pki.join("ca.pem")),
+            Some(pki) => command.args(super::tls::server_args(pki, self.port)),
         };
         let process = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])

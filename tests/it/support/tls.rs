@@ -42,15 +42,8 @@ impl Pki {
     }
 
     fn authority(&self, name: &str) {
-        self.openssl(&[
-            "req",
+        self.new_key(&[
             "-x509",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
             "-days",
             "2",
             "-subj",
@@ -63,14 +56,7 @@ impl Pki {
     }
 
     fn signed(&self, name: &str, common_name: &str) {
-        self.openssl(&[
-            "req",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
+        self.new_key(&[
             "-subj",
             &format!("/CN={common_name}"),
             "-keyout",
@@ -97,6 +83,21 @@ impl Pki {
         ]);
     }
 
+    /// `openssl req -new` with a fresh P-256 key and `args`.
+    fn new_key(&self, args: &[&str]) {
+        let mut all = vec![
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ];
+        all.extend_from_slice(args);
+        self.openssl(&all);
+    }
+
     fn openssl(&self, args: &[&str]) {
         let output = Command::new("openssl")
             .args(args)
@@ -112,6 +113,58 @@ impl Pki {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// `redis-server` arguments that serve TLS only on `port` with the server certificate of the
+/// authority in `pki` (a `Pki`'s directory).
+pub fn server_args(pki: &Path, port: u16) -> Vec<String> {
+    let file = |name: &str| pki.join(name).to_string_lossy().into_owned();
+    [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &file("server.pem"),
+        "--tls-key-file",
+        &file("server.key"),
+        "--tls-ca-cert-file",
+        &file("ca.pem"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// `redis-cli` arguments that connect over TLS with the client certificate.
+pub fn cli_args(pki: &Path) -> Vec<String> {
+    let file = |name: &str| pki.join(name).to_string_lossy().into_owned();
+    [
+        "--tls",
+        "--cacert",
+        &file("ca.pem"),
+        "--cert",
+        &file("client.pem"),
+        "--key",
+        &file("client.key"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+impl Pki {
+    /// The service's flags for mutual TLS with this authority: its CA, the client certificate.
+    pub fn service_flags(&self) -> Vec<String> {
+        [
+            "--redis-tls-ca-file",
+            &self.arg("ca.pem"),
+            "--redis-tls-cert-file",
+            &self.arg("client.pem"),
+            "--redis-tls-key-file",
+            &self.arg("client.key"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 }
 
