@@ -15,7 +15,8 @@
 -- (readers see the old stream or the merged one, never a mix). Ids are derived from the data, so a
 -- second run finds every entry already there and writes nothing. The `p` chain (each entry's
 -- predecessor) is rebuilt over the merged history; the first entry's `p` says nothing before it is
--- known, as publish.lua does for a new stream.
+-- known, as publish.lua does for a new stream; so are the ordinals (`o`, 1 for the first entry
+-- kept). Read positions are left alone: migrated history is unread.
 --
 -- The migrated history covers the retention window, so the partition's epoch moves back to the
 -- window's start if it was later and was only set when the service first met this Redis (origin
@@ -73,7 +74,7 @@ if not merged[first].migrated and merged[first].p then
 end
 for i = first, #merged do
   local e = merged[i]
-  redis.call('XADD', KEYS[1], e.id, 'p', prev, 't', e.t, 'c', e.c)
+  redis.call('XADD', KEYS[1], e.id, 'p', prev, 'o', i - first + 1, 't', e.t, 'c', e.c)
   prev = e.id
 end
 local newest_ms = parse(merged[#merged].id)

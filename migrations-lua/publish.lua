@@ -32,8 +32,9 @@
 -- space) fails the whole call with an error naming it, and nothing is stored.
 --
 -- Each member entry stores `p`, the id of the entry it followed, so a reader can prove that nothing
--- between a client's position and the next retained entry was trimmed (API.md, `recovered`). Each
--- fan-out entry stores `p` too, so a live reader detects a gap in its own feed.
+-- between a client's position and the next retained entry was trimmed (API.md, `recovered`), and
+-- `o`, its ordinal, so unread counts need no scan (see _read.lua). Each fan-out entry stores `p`
+-- too, so a live reader detects a gap in its own feed.
 
 local retention_ms = tonumber(ARGV[1])
 local per = ARGV[4] == '1' and 4 or 3
@@ -79,7 +80,8 @@ for i = 0, members - 1 do
     end
     local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
     local prev = last[1] and last[1][1] or expired_prev
-    local id = redis.call('XADD', stream, 'MAXLEN', '=', ARGV[2], '*', 'p', prev, 't', kind, 'c', content)
+    local id = redis.call('XADD', stream, 'MAXLEN', '=', ARGV[2], '*',
+      'p', prev, 'o', next_ordinal(last), 't', kind, 'c', content)
     redis.call('XTRIM', stream, 'MINID', '=', min_id)
     redis.call('PEXPIRE', stream, retention_ms)
 

@@ -24,6 +24,8 @@ pub struct Handles {
     pub open_connections: Gauge,
     pub published: Counter,
     pub delivered: Counter,
+    pub read_positions_moved: Counter,
+    pub read_events_delivered: Counter,
     pub replayed: Counter,
     pub slow_client_disconnects: Counter,
     pub live_gaps: Counter,
@@ -56,6 +58,8 @@ impl Metrics {
             open_connections: Gauge::default(),
             published: Counter::default(),
             delivered: Counter::default(),
+            read_positions_moved: Counter::default(),
+            read_events_delivered: Counter::default(),
             replayed: Counter::default(),
             slow_client_disconnects: Counter::default(),
             live_gaps: Counter::default(),
@@ -98,6 +102,16 @@ impl Metrics {
             "notifications_delivered",
             "Live notifications handed to open streams",
             metrics.delivered.clone(),
+        );
+        registry.register(
+            "read_positions_moved",
+            "Members' read positions moved forward (mark read)",
+            metrics.read_positions_moved.clone(),
+        );
+        registry.register(
+            "read_events_delivered",
+            "event: read frames handed to open streams",
+            metrics.read_events_delivered.clone(),
         );
         registry.register(
             "notifications_replayed",

@@ -228,8 +228,11 @@ fn parse_decimal(s: &str) -> Option<u64> {
 pub enum Resume {
     /// No position: live notifications only.
     Fresh,
-    /// Replay every retained entry strictly after this id.
+    /// Replay every retained entry strictly after this id (`Last-Event-ID`, `lastEventId`).
     After(StreamId),
+    /// The same from a time (`last_message`): the id is just before that millisecond, and the
+    /// resume position (`as_of`) is the newest entry before it.
+    Since(StreamId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -266,9 +269,38 @@ impl Resume {
         match present(hints.last_message) {
             None | Some("empty") => Ok(Self::Fresh),
             Some(ms) => parse_decimal(ms)
-                .map(|ms| Self::After(StreamId::before_ms(ms)))
+                .map(|ms| Self::Since(StreamId::before_ms(ms)))
                 .ok_or(InvalidResume::LastMessage),
         }
+    }
+}
+
+/// A member's read state, counted at one id (API.md, Read state): `unread` retained notifications
+/// have `read_up_to < id <= as_of`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadState {
+    pub read_up_to: StreamId,
+    pub unread: u64,
+    pub as_of: StreamId,
+}
+
+impl ReadState {
+    /// `"read_up_to":"..","unread":n,"as_of":".."`, the fields every answer that carries it
+    /// shares (JSON bodies, `connected`, `event: read`).
+    pub fn write_fields(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "\"read_up_to\":\"{}\",\"unread\":{},\"as_of\":\"{}\"",
+            self.read_up_to, self.unread, self.as_of
+        );
+    }
+
+    /// The `event: read` frame: no `id:`, so it never moves a browser's resume position.
+    pub fn frame(&self) -> String {
+        let mut data = String::from("{");
+        self.write_fields(&mut data);
+        data.push('}');
+        format!("event: read\ndata: {data}\n\n")
     }
 }
 
@@ -350,6 +382,19 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn read_state_frames_have_no_id() {
+        let state = ReadState {
+            read_up_to: StreamId::new(5, 0),
+            unread: 2,
+            as_of: StreamId::new(9, 1),
+        };
+        assert_eq!(
+            state.frame(),
+            "event: read\ndata: {\"read_up_to\":\"5-0\",\"unread\":2,\"as_of\":\"9-1\"}\n\n"
+        );
+    }
+
+    #[test]
     fn member_ids_come_as_strings_or_non_negative_integers() {
         let parse = |json: &str| serde_json::from_str::<MemberId>(json);
         assert_eq!(parse(r#""alice""#).unwrap().as_str(), "alice");
@@ -428,7 +473,7 @@ mod tests {
         };
         assert_eq!(
             Resume::from_hints(hints),
-            Ok(Resume::After(StreamId::new(2, u64::MAX)))
+            Ok(Resume::Since(StreamId::new(2, u64::MAX)))
         );
         let empty = ResumeHints {
             last_message: Some("empty"),
@@ -443,7 +488,7 @@ mod tests {
             last_message: Some("0"),
             ..Default::default()
         };
-        assert_eq!(Resume::from_hints(zero), Ok(Resume::After(StreamId::ZERO)));
+        assert_eq!(Resume::from_hints(zero), Ok(Resume::Since(StreamId::ZERO)));
     }
 
     #[test]

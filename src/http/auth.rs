@@ -95,6 +95,30 @@ impl FromRequestParts<AppState> for Publisher {
     }
 }
 
+/// Who may move a read position: the member itself, or a backend holding `PUBLISH_TOKEN`, which
+/// names the member in the request body.
+#[derive(Debug)]
+pub enum ReadMarker {
+    Member(MemberId),
+    Backend,
+}
+
+impl FromRequestParts<AppState> for ReadMarker {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if Publisher::from_request_parts(parts, state).await.is_ok() {
+            return Ok(Self::Backend);
+        }
+        Ok(Self::Member(
+            Member::from_request_parts(parts, state).await?.id,
+        ))
+    }
+}
+
 /// The gateway's `member_id` header: `None` when absent; a 401 when it is not text or when two
 /// copies disagree (whatever the client adds must not win over what the gateway set).
 fn gateway_header(parts: &Parts) -> Result<Option<&str>, ApiError> {

@@ -1,4 +1,5 @@
-//! `GET /notifications?after=<id>&limit=<n>`: a page of the member's retained history.
+//! `GET /notifications?after=<id>&limit=<n>` (oldest first) or `?before=<id>` (newest first, for
+//! an inbox): a page of the member's retained history, with its read state.
 
 use std::collections::HashMap;
 
@@ -21,11 +22,14 @@ pub async fn page(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let after = match query.get("after").map(String::as_str) {
-        None | Some("") => StreamId::ZERO,
+    let position = |name: &str| match query.get(name).map(String::as_str) {
+        None => Ok(None),
+        Some("") => Ok(Some(None)),
         Some(raw) => StreamId::parse_position(raw)
-            .ok_or_else(|| ApiError::bad_request("after must be a stream id <ms>-<seq>"))?,
+            .map(|id| Some(Some(id)))
+            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a stream id <ms>-<seq>"))),
     };
+    let (after, before) = (position("after")?, position("before")?);
     let limit = match query.get("limit") {
         None => DEFAULT_LIMIT,
         Some(raw) => raw
@@ -36,12 +40,28 @@ pub async fn page(
                 ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
             })?,
     };
-    let from = after.max(StreamId::before_ms(app.store.retention_cutoff_ms()));
-    let mut entries = app
+    // Entries older than the retention window are expired even before Redis trims them.
+    let floor = StreamId::before_ms(app.store.retention_cutoff_ms());
+    let page = match (after, before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give after or before, not both"));
+        }
+        (after, None) => {
+            let from = after.flatten().unwrap_or(StreamId::ZERO).max(floor);
+            app.store.read_after(&member.id, from, limit + 1).await
+        }
+        (None, Some(before)) => {
+            app.store
+                .read_before(&member.id, before, floor, limit + 1)
+                .await
+        }
+    };
+    let mut entries = page.inspect_err(|_| app.metrics.redis_error("history"))?;
+    let read = app
         .store
-        .read_after(&member.id, from, limit + 1)
+        .unread(&member.id)
         .await
-        .inspect_err(|_| app.metrics.redis_error("history"))?;
+        .inspect_err(|_| app.metrics.redis_error("unread"))?;
     let more = entries.len() > limit;
     entries.truncate(limit);
 
@@ -57,6 +77,8 @@ pub async fn page(
         Some(last) => body.push_str(&format!("\"{}\"", last.id)),
         None => body.push_str("null"),
     }
+    body.push(',');
+    read.write_fields(&mut body);
     body.push('}');
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -5,6 +5,7 @@ mod error;
 mod history;
 mod ops;
 mod publish;
+mod read;
 mod server;
 mod sse;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, Request, header};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -55,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .route(subscribe, get(sse::subscribe))
         .route(subscribe_slash, get(sse::subscribe))
         .route("/notifications", get(history::page).post(publish::publish))
+        .route("/notifications/unread", get(read::unread))
+        .route("/notifications/read", post(read::mark))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -25,7 +25,7 @@ use super::auth::Member;
 use super::error::ApiError;
 use crate::live::Subscription;
 use crate::metrics::Metrics;
-use crate::model::{Entry, MemberId, Resume, ResumeHints, StreamId, notification_frame};
+use crate::model::{Entry, MemberId, ReadState, Resume, ResumeHints, StreamId, notification_frame};
 use crate::recovery;
 use crate::store::keys::partition_of;
 
@@ -159,20 +159,17 @@ impl Session {
         if self.subscription.is_none() {
             return out.into(); // Redis unreachable, or MAX_STREAMS open (counted in `subscribe`)
         }
-        let after = match resume {
-            Resume::Fresh => {
-                push_connected(&mut out, &self.member, true);
-                self.phase = Phase::Live;
-                return out.into();
-            }
-            Resume::After(after) => after,
+        let (after, as_of) = match resume {
+            Resume::Fresh => return self.start_fresh(out).await,
+            Resume::After(after) => (after, Some(after)),
+            Resume::Since(after) => (after, None),
         };
         let cutoff_ms = self.app.store.retention_cutoff_ms();
         let start = recovery::replay_start(after, cutoff_ms);
         let head = match self
             .app
             .store
-            .replay_head(&self.member, start, REPLAY_BATCH)
+            .replay_head(&self.member, start, REPLAY_BATCH, as_of)
             .await
         {
             Ok(head) => head,
@@ -189,11 +186,29 @@ impl Session {
         let mut verdict = recovery::judge(after, cutoff_ms, &head.snapshot, head.entries.first());
         // An evicted stream looks like an expired one: nothing can be vouched for.
         verdict.recovered &= !self.app.store.may_evict(partition_of(&self.member));
-        push_connected(&mut out, &self.member, verdict.recovered);
+        push_connected(&mut out, &self.member, verdict.recovered, &head.read);
         // Live delivery drops what is at or below the resume position from the start, whether
         // or not anything is replayed: an instance whose reader lags would send it again.
         self.last_sent = verdict.from;
         self.push_entries(&mut out, &head.entries);
+        out.into()
+    }
+
+    /// No position: `connected` with the read state as of the member's newest notification, after
+    /// which the stream sends only newer ones (those up to it are in the count).
+    async fn start_fresh(&mut self, mut out: String) -> Bytes {
+        match self.app.store.unread(&self.member).await {
+            Ok(read) => {
+                push_connected(&mut out, &self.member, true, &read);
+                self.last_sent = read.as_of;
+                self.phase = Phase::Live;
+            }
+            Err(error) => {
+                self.app.metrics.redis_error("unread");
+                self.app.metrics.store_unavailable_subscribes.inc();
+                tracing::warn!(member_id = %self.member, error = &error as &dyn std::error::Error, "read state unavailable; asking the client to retry");
+            }
+        }
         out.into()
     }
 
@@ -259,10 +274,12 @@ impl Session {
                 delivery = subscription.recv() => {
                     // None: dropped by the hub (too slow, or a gap); the client resumes by id.
                     let delivery = delivery?;
-                    if delivery.id <= self.last_sent {
-                        continue; // already sent by the replay
+                    if let Some(id) = delivery.id {
+                        if id <= self.last_sent {
+                            continue; // already sent by the replay
+                        }
+                        self.last_sent = id;
                     }
-                    self.last_sent = delivery.id;
                     self.phase = Phase::Live;
                     return Some(delivery.frame.clone());
                 }
@@ -296,11 +313,13 @@ fn goodbye(retry: Duration) -> Bytes {
     format!("retry: {retry}\n\n").into()
 }
 
-fn push_connected(out: &mut String, member: &MemberId, recovered: bool) {
+fn push_connected(out: &mut String, member: &MemberId, recovered: bool, read: &ReadState) {
     let _ = write!(
         out,
-        "event: connected\ndata: {{\"member_id\":\"{member}\",\"recovered\":{recovered}}}\n\n"
+        "event: connected\ndata: {{\"member_id\":\"{member}\",\"recovered\":{recovered},"
     );
+    read.write_fields(out);
+    out.push_str("}\n\n");
 }
 
 /// Counts an open stream for as long as it lives.

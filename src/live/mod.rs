@@ -27,10 +27,11 @@ pub use reader::run as run_reader;
 /// Frames a subscriber may have waiting before it counts as too slow and is disconnected.
 pub const SEND_BUFFER: usize = 256;
 
-/// One notification ready to write, shared by every stream of its member.
+/// One frame ready to write, shared by every stream of its member: a notification (with its id,
+/// which a stream drops if it sent it already), or an `event: read` (no id: always sent, in order).
 #[derive(Debug)]
 pub struct Delivery {
-    pub id: StreamId,
+    pub id: Option<StreamId>,
     pub frame: Bytes,
 }
 
@@ -128,12 +129,12 @@ impl Hub {
     /// buffer is full is dropped (counted): the client reconnects and resumes by id instead of
     /// growing our memory.
     fn dispatch(&self, partition: usize, entries: Vec<LiveEntry>) {
-        let mut delivered = 0;
+        let (mut delivered, mut reads) = (0, 0);
         let mut slow = 0;
         let mut subscribers = self.inner.lock(partition);
         for live in entries {
-            let (member, entry) = match &live.what {
-                Fanned::Notification { member, entry } => (member, entry),
+            let member = match &live.what {
+                Fanned::Notification { member, .. } | Fanned::Read { member, .. } => member,
                 Fanned::Lost => {
                     // Redis lost writes here: whoever streamed past them must resume by id.
                     self.inner
@@ -144,13 +145,25 @@ impl Hub {
             let Some(slots) = subscribers.get_mut(member) else {
                 continue;
             };
-            let delivery = Arc::new(Delivery {
-                id: entry.id,
-                frame: Bytes::from(notification_frame(entry, member)),
+            let delivery = Arc::new(match &live.what {
+                Fanned::Notification { entry, .. } => Delivery {
+                    id: Some(entry.id),
+                    frame: Bytes::from(notification_frame(entry, member)),
+                },
+                Fanned::Read { state, .. } => Delivery {
+                    id: None,
+                    frame: Bytes::from(state.frame()),
+                },
+                Fanned::Lost => continue,
             });
+            let counter = if delivery.id.is_some() {
+                &mut delivered
+            } else {
+                &mut reads
+            };
             slots.retain(|slot| match slot.tx.try_send(delivery.clone()) {
                 Ok(()) => {
-                    delivered += 1;
+                    *counter += 1;
                     true
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -165,6 +178,7 @@ impl Hub {
         }
         drop(subscribers);
         self.inner.metrics.delivered.inc_by(delivered);
+        self.inner.metrics.read_events_delivered.inc_by(reads);
         if slow > 0 {
             self.inner.metrics.slow_client_disconnects.inc_by(slow);
             tracing::info!(

@@ -5,6 +5,7 @@
 //! ```text
 //! n:{<tag>}:s:<member>        the member's stream (source of truth, trimmed to the retention window)
 //! n:{<tag>}:i:<member>:<key>  idempotency record: the id a publish with that key created
+//! n:{<tag>}:r:<member>        the member's read position (a stream id)
 //! n:{<tag>}:live              the partition's fan-out stream that live readers block on
 //! n:{<tag>}:epoch             hash: ms = since when this partition's history is complete, replid
 //! ```
@@ -37,6 +38,10 @@ pub fn partition_of(member: &MemberId) -> usize {
 
 pub fn stream(member: &MemberId) -> String {
     format!("n:{{{}}}:s:{member}", TAGS[partition_of(member)])
+}
+
+pub fn read_position(member: &MemberId) -> String {
+    format!("n:{{{}}}:r:{member}", TAGS[partition_of(member)])
 }
 
 pub fn idempotency(member: &MemberId, key: &str) -> String {

@@ -27,7 +27,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::Semaphore;
 
-use crate::model::{Entry, IdempotencyKey, Kind, MemberId, StreamId};
+use crate::model::{Entry, IdempotencyKey, Kind, MemberId, ReadState, StreamId};
 use crate::recovery::Snapshot;
 use topology::{Commands, Redis};
 
@@ -93,6 +93,26 @@ pub struct ReplayHead {
     pub entries: Vec<Entry>,
     /// This read proved that Redis lost writes this instance had seen, and moved the epoch.
     pub lost: bool,
+    /// The member's read state, counted at the resume position.
+    pub read: ReadState,
+}
+
+/// Where `POST /notifications/read` moves a read position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadUpTo {
+    Id(StreamId),
+    /// The member's newest notification.
+    All,
+}
+
+/// What a mark-read did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marked {
+    pub state: ReadState,
+    /// The position moved (and every open stream of the member is told).
+    pub moved: bool,
+    /// This call proved that Redis lost writes this instance had seen.
+    pub loss_proven: bool,
 }
 
 /// Replay and history reads in flight at once. A reconnect storm (every browser of a restarted
@@ -412,11 +432,15 @@ impl Store {
     /// Reads up to `count` entries after `start`, with the partition's epoch (confirmed against
     /// what this instance has seen, on the Redis that serves the read), Redis's clock and the
     /// stream's newest id, in one atomic step (`replay.lua`; all keys in one slot).
+    ///
+    /// The read state is counted at `as_of`, or (`None`, a `last_message` resume) at the newest
+    /// retained entry at or before `start`.
     pub async fn replay_head(
         &self,
         member: &MemberId,
         start: StreamId,
         count: usize,
+        as_of: Option<StreamId>,
     ) -> Result<ReplayHead, StoreError> {
         let _turn = self.read_turn().await?;
         let partition = keys::partition_of(member);
@@ -425,15 +449,27 @@ impl Store {
             .key(keys::stream(member))
             .key(keys::epoch(partition))
             .key(keys::fanout(partition))
+            .key(keys::read_position(member))
             .arg(start.to_string())
             .arg(count)
             .arg(seen.to_string())
+            .arg(self.retention_floor().to_string())
+            .arg(as_of.map(|id| id.to_string()).unwrap_or_default())
             .invoke_async(&mut self.commands().await?)
             .await?;
         let Value::Array(reply) = reply else {
             return Err(StoreError::Reply("replay script did not return an array"));
         };
-        let [epoch, now, newest, entries, lost_at]: [Value; 5] = reply
+        let [
+            epoch,
+            now,
+            newest,
+            entries,
+            lost_at,
+            read_up_to,
+            unread,
+            as_of,
+        ]: [Value; 8] = reply
             .try_into()
             .map_err(|_| StoreError::Reply("replay script returned the wrong shape"))?;
         let lost_at = optional_id(&lost_at)?;
@@ -449,6 +485,72 @@ impl Store {
             },
             entries: member_entries(entries)?,
             lost: lost_at.is_some(),
+            read: read_state(&read_up_to, &unread, &as_of)?,
+        })
+    }
+
+    /// The id just before the retention window: entries after it are retained.
+    fn retention_floor(&self) -> StreamId {
+        StreamId::before_ms(self.retention_cutoff_ms())
+    }
+
+    /// The member's read state as of its newest retained notification (`unread.lua`).
+    pub async fn unread(&self, member: &MemberId) -> Result<ReadState, StoreError> {
+        let reply: Vec<Value> = scripts::UNREAD
+            .key(keys::stream(member))
+            .key(keys::read_position(member))
+            .arg(self.retention_floor().to_string())
+            .invoke_async(&mut self.commands().await?)
+            .await?;
+        let [read_up_to, unread, as_of]: [Value; 3] = reply
+            .try_into()
+            .map_err(|_| StoreError::Reply("unread script returned the wrong shape"))?;
+        read_state(&read_up_to, &unread, &as_of)
+    }
+
+    /// Moves the member's read position forward (`read.lua`): clamped to its newest
+    /// notification, never back; when it moves, every open stream of the member is told through
+    /// the partition's fan-out stream, after the notifications it covers.
+    pub async fn mark_read(
+        &self,
+        member: &MemberId,
+        up_to: ReadUpTo,
+    ) -> Result<Marked, StoreError> {
+        let partition = keys::partition_of(member);
+        let seen = self.seen(partition);
+        let target = match up_to {
+            ReadUpTo::Id(id) => id.to_string(),
+            ReadUpTo::All => "all".to_owned(),
+        };
+        let reply: Vec<Value> = scripts::READ
+            .key(keys::stream(member))
+            .key(keys::read_position(member))
+            .key(keys::fanout(partition))
+            .key(keys::epoch(partition))
+            .arg(target)
+            .arg(self.retention_floor().to_string())
+            .arg(retention_ms(self.inner.retention))
+            .arg(FANOUT_MAXLEN)
+            .arg(member.as_str())
+            .arg(seen.to_string())
+            .invoke_async(&mut self.commands().await?)
+            .await?;
+        let [read_up_to, unread, as_of, fanned, lost_at]: [Value; 5] = reply
+            .try_into()
+            .map_err(|_| StoreError::Reply("read script returned the wrong shape"))?;
+        let lost_at = optional_id(&lost_at)?;
+        if let Some(marker) = lost_at {
+            self.forget_lost(partition, seen, marker);
+            tracing::warn!(partition, %seen, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
+        }
+        let fanned = optional_id(&fanned)?;
+        if let Some(fanned) = fanned {
+            self.see(partition, fanned);
+        }
+        Ok(Marked {
+            state: read_state(&read_up_to, &unread, &as_of)?,
+            moved: fanned.is_some(),
+            loss_proven: lost_at.is_some(),
         })
     }
 
@@ -464,6 +566,30 @@ impl Store {
             .arg(keys::stream(member))
             .arg(format!("({after}"))
             .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.commands().await?)
+            .await?;
+        member_entries(reply)
+    }
+
+    /// Reads up to `count` entries strictly before `before` (the newest when `None`) and after
+    /// `floor`, newest first.
+    pub async fn read_before(
+        &self,
+        member: &MemberId,
+        before: Option<StreamId>,
+        floor: StreamId,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        if before.is_some_and(|before| before <= floor) {
+            return Ok(Vec::new()); // nothing retained before it (and `(0-0` is not an id)
+        }
+        let _turn = self.read_turn().await?;
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(keys::stream(member))
+            .arg(before.map_or_else(|| "+".to_owned(), |id| format!("({id}")))
+            .arg(format!("({floor}"))
             .arg("COUNT")
             .arg(count)
             .query_async(&mut self.commands().await?)
@@ -505,6 +631,8 @@ pub enum Fanned {
     /// An instance proved that Redis lost writes of this partition (`_epoch.lua`): live delivery
     /// there can no longer be exact.
     Lost,
+    /// A member's read position moved (`read.lua`): its streams send `event: read`.
+    Read { member: MemberId, state: ReadState },
 }
 
 /// A live reader's own connection to the fan-out streams.
@@ -757,12 +885,14 @@ fn entry(id: StreamId, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Entry, StoreEr
 
 fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
     let (mut prev, mut member, mut note_id) = (None, None, None);
-    let mut lost = false;
+    let (mut lost, mut read) = (false, false);
+    let (mut read_up_to, mut unread, mut as_of) = (None, None, None);
     let mut rest = Vec::with_capacity(2);
     for (name, value) in fields {
         match name.as_slice() {
             b"p" => prev = Some(parse_id(&value)?),
             b"lost" => lost = true,
+            b"read" => read = true,
             b"m" => {
                 member = Some(
                     utf8(value)?
@@ -771,6 +901,9 @@ fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
                 )
             }
             b"i" => note_id = Some(parse_id(&value)?),
+            b"r" => read_up_to = Some(parse_id(&value)?),
+            b"a" => as_of = Some(parse_id(&value)?),
+            b"u" => unread = Some(number(&Value::BulkString(value))?),
             _ => rest.push((name, value)),
         }
     }
@@ -782,16 +915,34 @@ fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
             what: Fanned::Lost,
         });
     }
-    let (Some(member), Some(note_id)) = (member, note_id) else {
-        return Err(StoreError::Reply("fan-out entry lacks m or i"));
-    };
-    Ok(LiveEntry {
-        id,
-        prev,
-        what: Fanned::Notification {
+    let member = member.ok_or(StoreError::Reply("fan-out entry lacks m"))?;
+    let what = if read {
+        let (Some(read_up_to), Some(unread), Some(as_of)) = (read_up_to, unread, as_of) else {
+            return Err(StoreError::Reply("fan-out read entry lacks r, u or a"));
+        };
+        Fanned::Read {
+            member,
+            state: ReadState {
+                read_up_to,
+                unread,
+                as_of,
+            },
+        }
+    } else {
+        let note_id = note_id.ok_or(StoreError::Reply("fan-out entry lacks i"))?;
+        Fanned::Notification {
             member,
             entry: entry(note_id, rest)?,
-        },
+        }
+    };
+    Ok(LiveEntry { id, prev, what })
+}
+
+fn read_state(read_up_to: &Value, unread: &Value, as_of: &Value) -> Result<ReadState, StoreError> {
+    Ok(ReadState {
+        read_up_to: stream_id(read_up_to)?,
+        unread: number(unread)?,
+        as_of: stream_id(as_of)?,
     })
 }
 
@@ -922,12 +1073,37 @@ mod tests {
                 assert_eq!(entry.id, StreamId::new(7, 3));
                 assert_eq!((entry.kind.as_str(), entry.content.as_str()), ("k", "2"));
             }
-            Fanned::Lost => panic!("a notification"),
+            other => panic!("a notification, not {other:?}"),
         }
         assert!(matches!(parsed[1].what, Fanned::Lost));
+        let read = entries(range(&[(
+            "9-2",
+            &[
+                "p", "9-1", "m", "bob", "read", "1", "r", "7-3", "u", "4", "a", "9-0",
+            ],
+        )]))
+        .unwrap()
+        .pop()
+        .map(|raw| live_entry(raw).unwrap())
+        .unwrap();
+        match read.what {
+            Fanned::Read { member, state } => {
+                assert_eq!(member.as_str(), "bob");
+                assert_eq!(
+                    state,
+                    ReadState {
+                        read_up_to: StreamId::new(7, 3),
+                        unread: 4,
+                        as_of: StreamId::new(9, 0)
+                    }
+                );
+            }
+            other => panic!("a read entry, not {other:?}"),
+        }
         for bad in [
-            range(&[("9-0", &["m", "alice", "i", "7-3", "c", "2"])]), // no p
-            range(&[("9-0", &["p", "8-0", "i", "7-3", "c", "2"])]),   // no m
+            range(&[("9-2", &["p", "9-1", "m", "bob", "read", "1", "r", "7-3"])]), // no u, a
+            range(&[("9-0", &["m", "alice", "i", "7-3", "c", "2"])]),              // no p
+            range(&[("9-0", &["p", "8-0", "i", "7-3", "c", "2"])]),                // no m
             range(&[("9-0", &["p", "8-0", "m", "a b", "i", "7-3", "c", "2"])]),
         ] {
             let raw = entries(bad).unwrap().pop().unwrap();

@@ -17,11 +17,27 @@ macro_rules! with_epoch_prelude {
     };
 }
 
+/// The epoch prelude and the read-state one (ordinals, exact counts), for the scripts that count.
+macro_rules! with_read_prelude {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../migrations-lua/_epoch.lua"),
+            "\n",
+            include_str!("../../migrations-lua/_read.lua"),
+            "\n",
+            include_str!(concat!("../../migrations-lua/", $file))
+        )
+    };
+}
+
 pub static PUBLISH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(with_epoch_prelude!("publish.lua")));
+    LazyLock::new(|| Script::new(with_read_prelude!("publish.lua")));
+pub static READ: LazyLock<Script> = LazyLock::new(|| Script::new(with_read_prelude!("read.lua")));
+pub static UNREAD: LazyLock<Script> =
+    LazyLock::new(|| Script::new(with_read_prelude!("unread.lua")));
 pub static EPOCH: LazyLock<Script> =
     LazyLock::new(|| Script::new(with_epoch_prelude!("epoch.lua")));
 pub static REPLAY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(with_epoch_prelude!("replay.lua")));
+    LazyLock::new(|| Script::new(with_read_prelude!("replay.lua")));
 pub static MIGRATE_ZSET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../migrations-lua/migrate_zset.lua")));

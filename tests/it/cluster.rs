@@ -333,6 +333,7 @@ async fn a_partition_moved_to_another_master_keeps_delivering_exactly_once() {
         .expect("another master")
         .port;
     let browser = Browser::open(vec![subscriber_side.url.clone()], member);
+    browser.wait_connected().await;
     let publisher = publisher_side.publisher_raw();
     let mut acked = Vec::new();
     for round in 0..=10 {

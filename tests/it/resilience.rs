@@ -43,6 +43,7 @@ async fn a_client_killed_instance_resumes_on_another_with_nothing_lost() {
     let a = TestApp::start(&redis.url(), &[]).await;
     let b = TestApp::start(&redis.url(), &[]).await;
     let browser = Browser::open(vec![a.url.clone(), b.url.clone()], "42");
+    browser.wait_connected().await;
     let mut expected = vec![b.publish("42", json!(0)).await];
     expected.push(b.publish("42", json!("sentinel")).await);
     browser.wait_for(&expected).await;
@@ -83,6 +84,7 @@ async fn redis_restarting_under_open_streams_loses_nothing_published_after_it_re
     let mut redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     let browser = Browser::open(vec![app.url.clone()], "42");
+    browser.wait_connected().await;
     let mut expected = vec![
         app.publish("42", json!("before")).await,
         app.publish("42", json!("sentinel")).await,

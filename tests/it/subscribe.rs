@@ -17,7 +17,7 @@ async fn fresh_stream_sends_retry_connected_then_live_notifications_framed_exact
     assert_eq!(connected.id, None, "control events never carry an id");
     assert_eq!(
         connected.json(),
-        json!({"member_id": "42", "recovered": true})
+        json!({"member_id": "42", "recovered": true, "read_up_to": "0-0", "unread": 0, "as_of": "0-0"})
     );
 
     let id = app
@@ -38,7 +38,7 @@ async fn fresh_stream_sends_retry_connected_then_live_notifications_framed_exact
         stream.raw
     );
     assert!(stream.raw.starts_with(
-        "retry: 2500\n\nevent: connected\ndata: {\"member_id\":\"42\",\"recovered\":true}\n\n"
+        "retry: 2500\n\nevent: connected\ndata: {\"member_id\":\"42\",\"recovered\":true,\"read_up_to\":\"0-0\",\"unread\":0,\"as_of\":\"0-0\"}\n\n"
     ));
     assert_eq!(notification.id.as_deref(), Some(id.as_str()));
     app.stop().await;

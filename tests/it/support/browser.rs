@@ -76,6 +76,15 @@ impl Browser {
         }
     }
 
+    /// Waits until the browser's first stream is connected: a fresh subscription receives what is
+    /// published after that (what came before is in its `unread` count).
+    pub async fn wait_connected(&self) {
+        super::eventually("the browser to connect", || async {
+            (!self.recovered.lock().expect("lock not poisoned").is_empty()).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until the browser holds `expected.len()` ids and asserts they are `expected`, exactly,
     /// in order. `expected` ends with a sentinel the test published after everything else, so a
     /// duplicate or a stray id cannot hide behind it (per-member order), and no stretch of silence
