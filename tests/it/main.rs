@@ -15,6 +15,7 @@ mod migrate;
 mod nginx;
 mod ops;
 mod publish;
+mod read;
 mod resilience;
 mod retention;
 mod subscribe;
