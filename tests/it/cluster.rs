@@ -358,3 +358,58 @@ async fn a_partition_moved_to_another_master_keeps_delivering_exactly_once() {
     subscriber_side.stop().await;
     publisher_side.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_state_is_exact_and_reaches_every_stream_on_every_master() {
+    let cluster = RedisCluster::start();
+    let a = TestApp::start(&cluster.url(), &[]).await;
+    let b = TestApp::start(&cluster.url(), &[]).await;
+    let members = members(24); // over every master
+    let mut streams = Vec::new();
+    for member in &members {
+        let mut stream = a.subscribe(member, "", &[]).await;
+        while stream.next(WAIT).await.expect("a frame").event.as_deref() != Some("connected") {}
+        streams.push(stream);
+    }
+    for round in 0..2 {
+        let response = b
+            .publish_raw(json!({"member_ids": members, "content": round}), &[])
+            .await;
+        assert_eq!(response.status(), 201);
+    }
+    let client = reqwest::Client::new();
+    for (member, stream) in members.iter().zip(&mut streams) {
+        let answer: Value = client
+            .post(format!("{}/notifications/read", b.url))
+            .bearer_auth(crate::support::token(member))
+            .json(&json!({"all": true}))
+            .send()
+            .await
+            .expect("mark read")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(answer["unread"], 0, "{member}");
+        // Two notifications, then the move, on the other instance's stream.
+        stream.next_notification(WAIT).await;
+        stream.next_notification(WAIT).await;
+        let mut read = stream.next(WAIT).await.expect("a frame");
+        while read.comment.is_some() {
+            read = stream.next(WAIT).await.expect("a frame");
+        }
+        assert_eq!(read.event.as_deref(), Some("read"), "{member}");
+        assert_eq!(read.json(), answer, "{member}");
+        let unread: Value = client
+            .get(format!("{}/notifications/unread", a.url))
+            .bearer_auth(crate::support::token(member))
+            .send()
+            .await
+            .expect("unread")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(unread, answer, "{member}");
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -166,6 +166,23 @@ async fn moves_the_old_layout_so_old_and_new_clients_see_what_the_old_service_ga
     );
 
     let app = TestApp::start(&redis.url(), &[]).await;
+    // Read state is left alone: no position is written, and the migrated history is unread,
+    // counted like the service's own entries (the migration numbers them).
+    assert_eq!(redis.cli(&["--scan", "--pattern", "n:*:r:*"]), "");
+    let unread: Value = app
+        .client
+        .get(format!("{}/notifications/unread", app.url))
+        .bearer_auth(crate::support::token("42"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        unread,
+        json!({"read_up_to": "0-0", "unread": 3, "as_of": format!("{}-0", t + 2_000)})
+    );
     // An old client resuming from a timestamp gets what rangeByScore(ms, +inf) gave it.
     for from in [t, t + 1, t + 2_000] {
         let mut stream = app

@@ -439,3 +439,45 @@ async fn under_concurrent_publishes_and_marks_every_stream_implies_the_exact_bad
             > 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_cors_origins_mark_read_with_credentials_preflight_included() {
+    let redis = RedisServer::start();
+    let origin = "https://inbox.example";
+    let app = TestApp::start(&redis.url(), &["--cors-origins", origin]).await;
+    let url = format!("{}/notifications/read", app.url);
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let headers = preflight.headers();
+    assert_eq!(headers["access-control-allow-origin"], origin);
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    let id = app.publish("r10", json!(1)).await;
+    // The cookie a native EventSource also uses.
+    let marked = app
+        .client
+        .post(&url)
+        .header("origin", origin)
+        .header("cookie", format!("access_token={}", token("r10")))
+        .json(&json!({"up_to": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marked.status(), 200);
+    assert_eq!(marked.headers()["access-control-allow-origin"], origin);
+    assert_eq!(marked.json::<Value>().await.unwrap(), state(&id, 0, &id));
+    app.stop().await;
+}
