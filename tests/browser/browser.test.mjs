@@ -170,3 +170,31 @@ test("the demo page renders, publishes, shows the notification and survives a re
   await context.close();
   await restarted.stop();
 });
+
+test("the demo page's unread badge follows a mark-all-read made in another tab", async () => {
+  const service = await startService({ redisUrl: redis.url });
+  const context = await browser.newContext();
+  const url = `${service.url}/#token=${token("badge")}`;
+  const tabs = [await context.newPage(), await context.newPage()];
+  for (const tab of tabs) {
+    await tab.goto(url);
+    await until(async () => (await tab.textContent("#state")) === "open", "a tab to connect");
+  }
+  const badges = () => Promise.all(tabs.map((tab) => tab.textContent("#unread")));
+  for (let i = 0; i < 3; i++) await publish(service, "badge", { n: i });
+  await until(async () => (await badges()).every((b) => b === "3 unread"), "both badges at 3");
+
+  await tabs[0].click("#mark-all-read");
+  await until(async () => (await badges()).every((b) => b === "0 unread"), "both badges cleared");
+  // A fresh page shows the same count: it comes from the server, not from what a tab saw.
+  await publish(service, "badge", { n: 3 });
+  const third = await context.newPage();
+  await third.goto(url);
+  await until(async () => (await third.textContent("#unread")) === "1 unread", "a new tab's badge");
+  await until(async () => (await badges()).every((b) => b === "1 unread"), "the open tabs count the new one");
+
+  fs.mkdirSync(artifacts, { recursive: true });
+  await tabs[1].screenshot({ path: path.join(artifacts, "demo-badge.png") });
+  await context.close();
+  await service.stop();
+});
