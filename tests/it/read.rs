@@ -481,3 +481,20 @@ async fn browsers_on_cors_origins_mark_read_with_credentials_preflight_included(
     assert_eq!(marked.json::<Value>().await.unwrap(), state(&id, 0, &id));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_position_survives_service_and_redis_restarts_like_the_notifications() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let ids = [
+        app.publish("r11", json!(1)).await,
+        app.publish("r11", json!(2)).await,
+    ];
+    mark(&app, &token("r11"), json!({"up_to": ids[0]})).await;
+    app.stop().await;
+    redis.shutdown();
+    redis.start_again();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    assert_eq!(unread(&app, "r11").await, state(&ids[0], 1, &ids[1]));
+    app.stop().await;
+}
