@@ -2,11 +2,17 @@
 -- read.lua and unread.lua (prepended after _epoch.lua when the service is built).
 --
 -- A member's read position is n:{tag}:r:<member>, a string holding a stream id ('0-0' when
--- absent), in the member's slot. Each member-stream entry stores `o`, its ordinal: the previous
--- entry's plus one (1 for a stream's first entry), so the number of entries between two entries
--- is the difference of their ordinals, whatever the stream's length: two O(log n) lookups, no
--- scan. Entries written before ordinals existed have no `o`; a range that touches one is counted
--- entry by entry (bounded by MAX_PER_MEMBER, and such entries expire within one retention window).
+-- absent), in the member's slot. Each member-stream entry stores `o`, its ordinal, so the number
+-- of entries between two entries is the difference of their ordinals, whatever the stream's
+-- length: two O(log n) lookups, no scan.
+--
+-- Entries written by a version without ordinals (before an upgrade, or by an old instance during
+-- a rolling deploy) have no `o`. An entry's ordinal is therefore the newest ordinal before it plus
+-- the number of entries since that one, those without `o` included, so any two entries with an
+-- ordinal count everything between them exactly. Only entries without `o` at the ends of a range
+-- are counted one by one (each step loads one entry); they all expire within one retention window.
+
+local BATCH = 100
 
 -- The `o` of an entry's field list, or nil.
 local function ordinal(fields)
@@ -16,16 +22,52 @@ local function ordinal(fields)
   return nil
 end
 
--- The ordinal for an entry appended after `last` (an XREVRANGE ... COUNT 1 reply).
-local function next_ordinal(last)
-  local o = last[1] and ordinal(last[1][2])
-  return o and o + 1 or 1
+-- The ordinal for an entry appended to `stream` after `last` (its XREVRANGE ... COUNT 1 reply).
+local function next_ordinal(stream, last)
+  if not last[1] then return 1 end
+  local o = ordinal(last[1][2])
+  if o then return o + 1 end
+  local since, cursor = 1, last[1][1]
+  while true do
+    local batch = redis.call('XREVRANGE', stream, '(' .. cursor, '-', 'COUNT', BATCH)
+    for _, entry in ipairs(batch) do
+      o = ordinal(entry[2])
+      if o then return o + since + 1 end
+      since = since + 1
+    end
+    if #batch < BATCH then return since + 1 end -- no entry has one: number from the start
+    cursor = batch[#batch][1]
+  end
 end
 
 -- The later of two ids.
 local function id_max(a, b)
   if id_less(a, b) then return b end
   return a
+end
+
+-- Walks from `entry` towards `stop` in `command`'s direction (XRANGE forward, XREVRANGE back)
+-- until an entry with an ordinal: {its ordinal or nil, how many entries without one it passed}.
+local function to_ordinal(stream, command, stop, entry)
+  local passed = 0
+  while entry do
+    local o = ordinal(entry[2])
+    if o then return o, passed end
+    passed = passed + 1
+    entry = redis.call(command, stream, '(' .. entry[1], stop, 'COUNT', 1)[1]
+  end
+  return nil, passed
+end
+
+-- Every entry with lo < id <= hi, counted in batches (data that broke the ordinal rule).
+local function count_each(stream, lo, hi)
+  local n, cursor = 0, '(' .. lo
+  while true do
+    local batch = redis.call('XRANGE', stream, cursor, hi, 'COUNT', BATCH)
+    n = n + #batch
+    if #batch < BATCH then return n end
+    cursor = '(' .. batch[#batch][1]
+  end
 end
 
 -- How many entries of `stream` have lo < id <= hi.
@@ -35,8 +77,12 @@ local function count_between(stream, lo, hi)
   if not first then return 0 end
   local last = redis.call('XREVRANGE', stream, hi, '(' .. lo, 'COUNT', 1)[1]
   local from, to = ordinal(first[2]), ordinal(last[2])
-  if from and to then return to - from + 1 end
-  return #redis.call('XRANGE', stream, '(' .. lo, hi)
+  if from and to and to >= from then return to - from + 1 end
+  local head_o, head = to_ordinal(stream, 'XRANGE', hi, first)
+  if not head_o then return head end -- no entry of the range has an ordinal: all counted
+  local tail_o, tail = to_ordinal(stream, 'XREVRANGE', '(' .. lo, last)
+  if tail_o < head_o then return count_each(stream, lo, hi) end
+  return head + (tail_o - head_o + 1) + tail
 end
 
 -- `floor` below is the id just before the retention window (the caller's cutoff, the same one

@@ -81,7 +81,7 @@ for i = 0, members - 1 do
     local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
     local prev = last[1] and last[1][1] or expired_prev
     local id = redis.call('XADD', stream, 'MAXLEN', '=', ARGV[2], '*',
-      'p', prev, 'o', next_ordinal(last), 't', kind, 'c', content)
+      'p', prev, 'o', next_ordinal(stream, last), 't', kind, 'c', content)
     redis.call('XTRIM', stream, 'MINID', '=', min_id)
     redis.call('PEXPIRE', stream, retention_ms)
 

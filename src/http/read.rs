@@ -52,9 +52,10 @@ pub async fn mark(
         }
     };
     let up_to = match (request.up_to.as_deref(), request.all) {
+        // Any well-formed id, the last possible one included: a later one is clamped.
         (Some(id), None) => ReadUpTo::Id(
-            StreamId::parse_position(id)
-                .ok_or_else(|| ApiError::bad_request("up_to must be a stream id <ms>-<seq>"))?,
+            id.parse::<StreamId>()
+                .map_err(|_| ApiError::bad_request("up_to must be a stream id <ms>-<seq>"))?,
         ),
         (None, Some(true)) => ReadUpTo::All,
         _ => {

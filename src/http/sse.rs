@@ -93,6 +93,9 @@ struct Session {
     /// `None` when live delivery was unavailable at subscribe time (Redis unreachable).
     subscription: Option<Subscription>,
     last_sent: StreamId,
+    /// The read position this stream last told its client (in `connected` or `event: read`): a
+    /// read move queued before the stream read its state is already in it, and is not repeated.
+    read_up_to: StreamId,
     /// When the token expires; the stream ends then.
     expires_at: Option<Instant>,
     /// When the last chunk went out: a heartbeat follows `config.heartbeat` of silence.
@@ -130,6 +133,7 @@ impl Session {
             phase: Phase::Start(resume),
             subscription,
             last_sent: StreamId::ZERO,
+            read_up_to: StreamId::ZERO,
             expires_at,
             last_write: now,
             timer,
@@ -187,6 +191,7 @@ impl Session {
         // An evicted stream looks like an expired one: nothing can be vouched for.
         verdict.recovered &= !self.app.store.may_evict(partition_of(&self.member));
         push_connected(&mut out, &self.member, verdict.recovered, &head.read);
+        self.read_up_to = head.read.read_up_to;
         // Live delivery drops what is at or below the resume position from the start, whether
         // or not anything is replayed: an instance whose reader lags would send it again.
         self.last_sent = verdict.from;
@@ -201,6 +206,7 @@ impl Session {
             Ok(read) => {
                 push_connected(&mut out, &self.member, true, &read);
                 self.last_sent = read.as_of;
+                self.read_up_to = read.read_up_to;
                 self.phase = Phase::Live;
             }
             Err(error) => {
@@ -279,6 +285,12 @@ impl Session {
                             continue; // already sent by the replay
                         }
                         self.last_sent = id;
+                    }
+                    if let Some(read_up_to) = delivery.read_up_to {
+                        if read_up_to <= self.read_up_to {
+                            continue; // already in the state this stream sent (moves only go forward)
+                        }
+                        self.read_up_to = read_up_to;
                     }
                     self.phase = Phase::Live;
                     return Some(delivery.frame.clone());

@@ -28,10 +28,12 @@ pub use reader::run as run_reader;
 pub const SEND_BUFFER: usize = 256;
 
 /// One frame ready to write, shared by every stream of its member: a notification (with its id,
-/// which a stream drops if it sent it already), or an `event: read` (no id: always sent, in order).
+/// which a stream drops if it sent it already), or an `event: read` (with the position it moved
+/// to, which a stream drops if its own state already includes that move).
 #[derive(Debug)]
 pub struct Delivery {
     pub id: Option<StreamId>,
+    pub read_up_to: Option<StreamId>,
     pub frame: Bytes,
 }
 
@@ -141,6 +143,7 @@ impl Hub {
                         .close_all(&mut subscribers, partition, "redis lost notifications");
                     continue;
                 }
+                Fanned::Unreadable => continue,
             };
             let Some(slots) = subscribers.get_mut(member) else {
                 continue;
@@ -148,13 +151,15 @@ impl Hub {
             let delivery = Arc::new(match &live.what {
                 Fanned::Notification { entry, .. } => Delivery {
                     id: Some(entry.id),
+                    read_up_to: None,
                     frame: Bytes::from(notification_frame(entry, member)),
                 },
                 Fanned::Read { state, .. } => Delivery {
                     id: None,
+                    read_up_to: Some(state.read_up_to),
                     frame: Bytes::from(state.frame()),
                 },
-                Fanned::Lost => continue,
+                Fanned::Lost | Fanned::Unreadable => continue,
             });
             let counter = if delivery.id.is_some() {
                 &mut delivered

@@ -633,6 +633,8 @@ pub enum Fanned {
     Lost,
     /// A member's read position moved (`read.lua`): its streams send `event: read`.
     Read { member: MemberId, state: ReadState },
+    /// An entry this version cannot read: skipped.
+    Unreadable,
 }
 
 /// A live reader's own connection to the fan-out streams.
@@ -758,8 +760,8 @@ impl Feed {
                 ))?;
             let live: Vec<LiveEntry> = entries(entries_value)?
                 .into_iter()
-                .map(live_entry)
-                .collect::<Result<_, _>>()?;
+                .map(tolerant_live_entry)
+                .collect();
             if let Some(last) = live.last() {
                 self.store.see(partition, last.id);
             }
@@ -881,6 +883,27 @@ fn entry(id: StreamId, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Entry, StoreEr
         return Err(StoreError::Reply("stream entry has no content"));
     }
     Ok(entry)
+}
+
+/// A fan-out entry this version cannot read (a newer version's kind, or a malformed one) is
+/// skipped, not a failure of the whole read: one such entry must not stop live delivery for the
+/// partition. It keeps its place in the chain (`p`); without one, the chain breaks and the
+/// partition's streams resume by id.
+fn tolerant_live_entry(raw: RawEntry) -> LiveEntry {
+    let id = raw.0;
+    let prev = raw
+        .1
+        .iter()
+        .find(|(name, _)| name == b"p")
+        .and_then(|(_, value)| parse_id(value).ok());
+    live_entry(raw).unwrap_or_else(|error| {
+        tracing::warn!(%id, error = &error as &dyn std::error::Error, "skipping a fan-out entry this version cannot read");
+        LiveEntry {
+            id,
+            prev: prev.unwrap_or(StreamId::ZERO),
+            what: Fanned::Unreadable,
+        }
+    })
 }
 
 fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {

@@ -70,6 +70,11 @@ async fn marking_read_moves_forward_only_clamps_to_the_newest_and_counts_exactly
         mark(&app, &me, json!({"up_to": future})).await,
         (200, state(&ids[4], 0, &ids[4]))
     );
+    let last_possible = "18446744073709551615-18446744073709551615";
+    assert_eq!(
+        mark(&app, &me, json!({"up_to": last_possible})).await,
+        (200, state(&ids[4], 0, &ids[4]))
+    );
     let next = app.publish("r1", json!("after")).await;
     assert_eq!(unread(&app, "r1").await, state(&ids[4], 1, &next));
     // Another member is untouched.
@@ -92,7 +97,6 @@ async fn bad_read_requests_get_a_json_400_and_no_token_a_401() {
         json!({}),
         json!({"all": false}),
         json!({"up_to": "yesterday"}),
-        json!({"up_to": "18446744073709551615-18446744073709551615"}),
         json!([1]),
         json!({"up_to": id, "member_id": "someone-else"}),
     ] {
@@ -497,4 +501,113 @@ async fn the_read_position_survives_service_and_redis_restarts_like_the_notifica
     let app = TestApp::start(&redis.url(), &[]).await;
     assert_eq!(unread(&app, "r11").await, state(&ids[0], 1, &ids[1]));
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_an_older_version_writes_mid_deploy_are_counted_exactly() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(app.publish("r12", json!(i)).await);
+    }
+    // An old instance, still running during a rolling deploy, appends entries without `o`.
+    let key = redis.cli(&["--scan", "--pattern", "n:*:s:r12"]);
+    for i in 0..2 {
+        let prev = ids.last().unwrap().clone();
+        ids.push(redis.cli(&[
+            "XADD",
+            &key,
+            "*",
+            "p",
+            &prev,
+            "t",
+            "old",
+            "c",
+            &i.to_string(),
+        ]));
+    }
+    for i in 0..2 {
+        ids.push(app.publish("r12", json!(i)).await);
+    }
+    // The next new entry counts the two old ones: ordinals stay ranks.
+    let entry = redis.cli(&["XRANGE", &key, &ids[5], &ids[5]]);
+    assert!(entry.contains("o\n6\n"), "{entry}");
+    assert_eq!(unread(&app, "r12").await, state("0-0", 7, &ids[6]));
+    let me = token("r12");
+    for (up_to, left) in [(0, 6), (3, 3), (4, 2), (5, 1)] {
+        assert_eq!(
+            mark(&app, &me, json!({"up_to": ids[up_to]})).await,
+            (200, state(&ids[up_to], left, &ids[6])),
+            "up to {up_to}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_entry_this_version_cannot_read_is_skipped_not_fatal() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let mut stream = app.subscribe("r13", "", &[]).await;
+    connected(&mut stream).await;
+    let first = app.publish("r13", json!("first")).await;
+    assert_eq!(stream.next_notification(WAIT).await.id, Some(first));
+    // A newer version's kind of entry, in its place in the chain.
+    let live = redis
+        .cli(&["--scan", "--pattern", "n:*:live"])
+        .lines()
+        .find(|key| !redis.cli(&["XLEN", key]).starts_with('0'))
+        .expect("the partition's fan-out stream")
+        .to_owned();
+    let last = redis.cli(&["XREVRANGE", &live, "+", "-", "COUNT", "1"]);
+    let last = last.lines().next().expect("an entry");
+    redis.cli(&[
+        "XADD",
+        &live,
+        "*",
+        "p",
+        last,
+        "m",
+        "r13",
+        "future-kind",
+        "1",
+    ]);
+    let gaps = app.metric("sse_notify_live_gaps_total").await;
+    let next = app.publish("r13", json!("next")).await;
+    assert_eq!(stream.next_notification(WAIT).await.id, Some(next));
+    assert_eq!(
+        app.metric("sse_notify_live_gaps_total").await,
+        gaps,
+        "no gap, no reset"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_move_already_in_connected_is_not_sent_again_by_a_lagging_reader() {
+    use crate::support::proxy::{Fault, Relay};
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port()).await;
+    let lagging = TestApp::start(&relay.url(), &[]).await;
+    let other = TestApp::start(&redis.url(), &[]).await;
+    relay.set_fault(Fault::Delay(std::time::Duration::from_millis(300)));
+    // Marked read, then one more: the truth is one unread.
+    let first = other.publish("r14", json!(1)).await;
+    mark(&other, &token("r14"), json!({"all": true})).await;
+    other.publish("r14", json!(2)).await;
+    // A fresh stream on the instance whose reader hears of all this 300 ms late: its `connected`
+    // already includes the move; the move, queued behind it, must not roll the badge back.
+    let mut stream = lagging.subscribe("r14", "", &[]).await;
+    let mut frames = vec![
+        stream.next(WAIT).await.unwrap(),
+        stream.next(WAIT).await.unwrap(),
+    ];
+    assert_eq!(frames[1].json()["read_up_to"], json!(first));
+    let sentinel = other.publish("r14", json!("sentinel")).await;
+    frames.extend(frames_until(&mut stream, &sentinel).await);
+    assert_eq!(implied_badge(&frames), 2, "{frames:?}");
+    assert_eq!(unread(&other, "r14").await["unread"], 2);
+    lagging.stop().await;
+    other.stop().await;
 }
