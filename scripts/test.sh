@@ -23,5 +23,8 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
 
+# The browser client's size budget (CLIENT.md): 6,144 bytes after gzip -9.
+bash scripts/client-size.sh
+
 # The browser suite drives target/debug/sse-notify, which `cargo test` just built.
 node --test tests/browser/

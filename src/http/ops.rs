@@ -2,10 +2,15 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use std::sync::LazyLock;
+
+use axum::http::header::{
+    ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_TYPE, ETAG as ETAG_HEADER, IF_NONE_MATCH,
+};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
 use super::AppState;
 
@@ -48,6 +53,37 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(CONTENT_TYPE, content_type)], app.metrics.render()).into_response()
+}
+
+/// The browser client (clients/js/, CLIENT.md), embedded at build time: the one copy there is.
+const CLIENT: &str = include_str!("../../clients/js/sse-notify.js");
+
+/// `GET /client/sse-notify.js`: cacheable (a validator that changes with the file) and readable
+/// from any origin (it is public code; credentials are never needed for it).
+pub async fn client(headers: HeaderMap) -> Response {
+    static ETAG: LazyLock<String> = LazyLock::new(|| {
+        let digest = Sha256::digest(CLIENT.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"{hex}\"")
+    });
+    let cache = [
+        (CACHE_CONTROL, "public, max-age=300"),
+        (ETAG_HEADER, ETAG.as_str()),
+        (ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+    ];
+    let fresh = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == ETAG.as_str()));
+    if fresh {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    (
+        cache,
+        [(CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT,
+    )
+        .into_response()
 }
 
 pub async fn demo() -> Response {

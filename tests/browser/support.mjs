@@ -112,9 +112,9 @@ export async function startService({ redisUrl, port, env = {} }) {
 }
 
 /** An HS256 member token, valid for an hour. */
-export function token(member) {
+export function token(member, ttl = 3600) {
   const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
-  const input = `${encode({ alg: "HS256", typ: "JWT" })}.${encode({ sub: member, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+  const input = `${encode({ alg: "HS256", typ: "JWT" })}.${encode({ sub: member, exp: Math.floor(Date.now() / 1000) + ttl })}`;
   return `${input}.${crypto.createHmac("sha256", JWT_SECRET).update(input).digest("base64url")}`;
 }
 

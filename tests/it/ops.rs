@@ -336,3 +336,45 @@ async fn a_client_that_does_not_read_is_disconnected_instead_of_buffered() {
     drop(socket);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_client_is_served_cacheable_and_readable_from_any_origin() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let url = format!("{}/client/sse-notify.js", app.url);
+    let response = app
+        .client
+        .get(&url)
+        .header("origin", "https://any.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
+    assert!(
+        headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=")
+    );
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let body = response.text().await.unwrap();
+    // The one copy: the file in clients/js, as built in.
+    assert_eq!(
+        body,
+        include_str!("../../clients/js/sse-notify.js"),
+        "served as in clients/js"
+    );
+    let again = app
+        .client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    app.stop().await;
+}
