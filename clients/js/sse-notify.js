@@ -339,8 +339,9 @@ class Feed {
     this.closed = true;
     this.abort?.abort();
     this.resume?.();
-    this.release?.();
+    this.release?.(); // another tab takes the stream over: the others are not told "closed"
     this.channel?.close();
+    this.channel = null;
     globalThis.removeEventListener?.("online", this.wake);
     globalThis.removeEventListener?.("pageshow", this.onShow);
     globalThis.document?.removeEventListener("visibilitychange", this.onVisible);

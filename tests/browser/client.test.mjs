@@ -174,3 +174,46 @@ test("without Web Locks and BroadcastChannel each tab connects on its own and wo
   await context.close();
   await svc.stop();
 });
+
+test("a reload resumes where the page left off, and a crashed service is survived", async () => {
+  const svc = await service();
+  const context = await browser.newContext();
+  const tab = await openTab(context, svc, "reload", { tokens: minter("reload") });
+  await until(async () => (await tab.log()).states.includes("open"), "open");
+  const ids = [await publish(svc, "reload", { before: 1 })];
+  await until(async () => (await tab.log()).ids.length === 1, "the first one");
+  // Published while the page is away (its feed closed, then the page reloaded): the reloaded
+  // page resumes from the saved id and shows exactly what it missed.
+  await tab.page.evaluate(() => window.feed.close());
+  ids.push(await publish(svc, "reload", { during: 1 }));
+  await tab.page.close();
+  const again = await openTab(context, svc, "reload", { tokens: minter("reload") });
+  await until(async () => (await again.log()).ids.length >= 1, "the missed one after the reload");
+  assert.deepEqual((await again.log()).ids, [ids[1]], "nothing shown twice, nothing missed");
+
+  // kill -9 and a restart on the same port: the client reconnects by itself and catches up.
+  await svc.kill();
+  const missed = await (async () => {
+    const other = await startService({ redisUrl: redis.url, env: { CORS_ORIGINS: pages.origin } });
+    const id = await publish(other, "reload", { while: "down" });
+    await other.stop();
+    return id;
+  })();
+  const restarted = await startService({ redisUrl: redis.url, port: svc.port, env: { CORS_ORIGINS: pages.origin } });
+  const last = await publish(restarted, "reload", { after: "restart" });
+  await until(async () => (await again.log()).ids.length >= 3, "caught up after the restart", 40000);
+  assert.deepEqual((await again.log()).ids, [ids[1], missed, last]);
+  await context.close();
+  await restarted.stop();
+});
+
+test("reset fires when the service says recovered: false", async () => {
+  const svc = await service();
+  const context = await browser.newContext();
+  // A position from long ago (before this Redis's history began): something may be missing.
+  await context.addInitScript(({ key }) => localStorage.setItem(key, "1-0"), { key: `sse-notify:${svc.url}:gone:last` });
+  const tab = await openTab(context, svc, "gone", { tokens: minter("gone") });
+  await until(async () => (await tab.log()).resets === 1, "a reset");
+  await context.close();
+  await svc.stop();
+});
