@@ -3,30 +3,16 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
-import { artifacts, killAll, launchBrowser, publish, startPageServer, startRedis, startService, token, until } from "./support.mjs";
+import { artifacts, publish, servers, startService, token, until } from "./support.mjs";
 
-let redis;
-let pages;
-let browser;
-
-before(async () => {
-  redis = await startRedis();
-  pages = await startPageServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await pages?.stop();
-  killAll();
-});
+const shared = servers();
 
 /** Two instances on one Redis that accept the page origin. */
 async function twoInstances() {
-  const env = { CORS_ORIGINS: pages.origin };
-  return [await startService({ redisUrl: redis.url, env }), await startService({ redisUrl: redis.url, env })];
+  const env = { CORS_ORIGINS: shared.pages.origin };
+  return [await startService({ redisUrl: shared.redis.url, env }), await startService({ redisUrl: shared.redis.url, env })];
 }
 
 /** A page on the page origin, recording the subscription requests it makes. */
@@ -39,7 +25,7 @@ async function openClient(context) {
       requests.push({ url: request.url(), headers: await request.allHeaders() });
     }
   });
-  await page.goto(`${pages.origin}/client.html`);
+  await page.goto(`${shared.pages.origin}/client.html`);
   return { page, requests };
 }
 
@@ -70,7 +56,7 @@ async function crashAndRestart(page, member, a, b) {
 
   await a.kill();
   for (let i = 0; i < 3; i++) ids.push(await publish(b, member, { during: i }));
-  const restarted = await startService({ redisUrl: redis.url, port: a.port, env: { CORS_ORIGINS: pages.origin } });
+  const restarted = await startService({ redisUrl: shared.redis.url, port: a.port, env: { CORS_ORIGINS: shared.pages.origin } });
   // The browser finds the instance back by itself, then catches up on what it missed.
   const missed = ids.length;
   await until(async () => (await received(page)).length >= missed, "the browser to reconnect and catch up", 20000);
@@ -82,7 +68,7 @@ async function crashAndRestart(page, member, a, b) {
 
 test("native EventSource reconnects after a crash and resumes with Last-Event-ID, every id once", async () => {
   const [a, b] = await twoInstances();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   const { page, requests } = await openClient(context);
   await page.evaluate((url) => window.start({ url }), `${a.url}/notification/subscribe?access_token=${token("native")}`);
 
@@ -100,7 +86,7 @@ test("native EventSource reconnects after a crash and resumes with Last-Event-ID
 
 test("event-source-polyfill with an Authorization header resumes through lastEventId", async () => {
   const [a, b] = await twoInstances();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   const { page, requests } = await openClient(context);
   await page.evaluate(
     ({ url, headers }) => window.start({ url, kind: "polyfill", headers }),
@@ -121,7 +107,7 @@ test("event-source-polyfill with an Authorization header resumes through lastEve
 test("cookie auth across origins works with withCredentials, and only with it", async () => {
   const [a, b] = await twoInstances();
   await b.stop();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   // An HttpOnly cookie for the service's host, as an auth server on the same site would set it.
   await context.addCookies([{ name: "access_token", value: token("cookie"), url: a.url, httpOnly: true, sameSite: "Lax" }]);
 
@@ -145,8 +131,8 @@ test("cookie auth across origins works with withCredentials, and only with it", 
 });
 
 test("the demo page renders, publishes, shows the notification and survives a restart", async () => {
-  const service = await startService({ redisUrl: redis.url });
-  const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  const service = await startService({ redisUrl: shared.redis.url });
+  const context = await shared.browser.newContext({ viewport: { width: 1200, height: 900 } });
   const page = await context.newPage();
   await page.goto(`${service.url}/#token=${token("demo")}&publish_token=browser-test-publish`);
   await until(async () => (await page.textContent("#state")) === "open", "the demo page to connect");
@@ -159,7 +145,7 @@ test("the demo page renders, publishes, shows the notification and survives a re
 
   // Crash and restart on the same port: the page reconnects by itself and keeps receiving.
   await service.kill();
-  const restarted = await startService({ redisUrl: redis.url, port: service.port });
+  const restarted = await startService({ redisUrl: shared.redis.url, port: service.port });
   const id = await publish(restarted, "demo", { text: "After the restart" });
   await until(() => page.$(`#notifications li[data-id="${id}"]`), "a notification after the restart", 20000);
   assert.equal(await page.textContent("#state"), "open");
@@ -172,8 +158,8 @@ test("the demo page renders, publishes, shows the notification and survives a re
 });
 
 test("the demo page's unread badge follows a mark-all-read made in another tab", async () => {
-  const service = await startService({ redisUrl: redis.url });
-  const context = await browser.newContext();
+  const service = await startService({ redisUrl: shared.redis.url });
+  const context = await shared.browser.newContext();
   const url = `${service.url}/#token=${token("badge")}`;
   const tabs = [await context.newPage(), await context.newPage()];
   for (const tab of tabs) {

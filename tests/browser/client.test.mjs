@@ -1,27 +1,13 @@
 // The browser client (clients/js/sse-notify.js, CLIENT.md) in a real headless Chromium, imported
 // from the service (GET /client/sse-notify.js) by pages on another origin.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
-import { killAll, launchBrowser, publish, startPageServer, startRedis, startService, token, until } from "./support.mjs";
+import { publish, servers, startService, token, until } from "./support.mjs";
 
-let redis;
-let pages;
-let browser;
+const shared = servers();
 
-before(async () => {
-  redis = await startRedis();
-  pages = await startPageServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await pages?.stop();
-  killAll();
-});
-
-const service = () => startService({ redisUrl: redis.url, env: { CORS_ORIGINS: pages.origin } });
+const service = () => startService({ redisUrl: shared.redis.url, env: { CORS_ORIGINS: shared.pages.origin } });
 
 async function openStreams(svc) {
   const text = await (await fetch(`${svc.url}/metrics`)).text();
@@ -37,7 +23,7 @@ async function openTab(context, svc, member, { tokens, share = true } = {}) {
   const urls = [];
   page.on("request", (request) => urls.push(request.url()));
   if (tokens) await page.exposeFunction("mintToken", () => tokens.mint());
-  await page.goto(`${pages.origin}/client.html`);
+  await page.goto(`${shared.pages.origin}/client.html`);
   await page.evaluate(
     async ({ url, member, useToken, share }) => {
       const { connect } = await import(`${url}/client/sse-notify.js`);
@@ -67,7 +53,7 @@ function minter(member, { ttl = 3600, bad = false } = {}) {
 
 test("three tabs share one stream and each shows every notification once, in order", async () => {
   const svc = await service();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   const tabs = [];
   for (let i = 0; i < 3; i++) tabs.push(await openTab(context, svc, "tabs", { tokens: minter("tabs") }));
   await until(async () => (await Promise.all(tabs.map((t) => t.log()))).every((l) => l.states.includes("open")), "every tab open");
@@ -100,7 +86,7 @@ test("three tabs share one stream and each shows every notification once, in ord
 
 test("a token that expires every 3 s loses nothing and never appears in a URL", async () => {
   const svc = await service();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   const tokens = minter("short", { ttl: 3 });
   const tab = await openTab(context, svc, "short", { tokens, share: false });
   await until(async () => (await tab.log()).states.includes("open"), "open");
@@ -120,7 +106,7 @@ test("a token that expires every 3 s loses nothing and never appears in a URL", 
 
 test("a bad token ends in unauthorized after exactly two token calls", async () => {
   const svc = await service();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   const tokens = minter("bad", { bad: true });
   const tab = await openTab(context, svc, "bad", { tokens, share: false });
   await until(async () => (await tab.log()).states.includes("unauthorized"), "unauthorized");
@@ -132,7 +118,7 @@ test("a bad token ends in unauthorized after exactly two token calls", async () 
 
 test("the badge follows a mark-read from another tab and from a backend", async () => {
   const svc = await service();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   const tabs = [await openTab(context, svc, "badge2", { tokens: minter("badge2") }), await openTab(context, svc, "badge2", { tokens: minter("badge2") })];
   await until(async () => (await Promise.all(tabs.map((t) => t.log()))).every((l) => l.states.includes("open")), "tabs open");
   for (let i = 0; i < 4; i++) await publish(svc, "badge2", { i });
@@ -156,7 +142,7 @@ test("the badge follows a mark-read from another tab and from a backend", async 
 
 test("without Web Locks and BroadcastChannel each tab connects on its own and works the same", async () => {
   const svc = await service();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   await context.addInitScript(() => {
     delete Navigator.prototype.locks;
     delete window.BroadcastChannel;
@@ -177,7 +163,7 @@ test("without Web Locks and BroadcastChannel each tab connects on its own and wo
 
 test("a reload resumes where the page left off, and a crashed service is survived", async () => {
   const svc = await service();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   const tab = await openTab(context, svc, "reload", { tokens: minter("reload") });
   await until(async () => (await tab.log()).states.includes("open"), "open");
   const ids = [await publish(svc, "reload", { before: 1 })];
@@ -194,12 +180,12 @@ test("a reload resumes where the page left off, and a crashed service is survive
   // kill -9 and a restart on the same port: the client reconnects by itself and catches up.
   await svc.kill();
   const missed = await (async () => {
-    const other = await startService({ redisUrl: redis.url, env: { CORS_ORIGINS: pages.origin } });
+    const other = await startService({ redisUrl: shared.redis.url, env: { CORS_ORIGINS: shared.pages.origin } });
     const id = await publish(other, "reload", { while: "down" });
     await other.stop();
     return id;
   })();
-  const restarted = await startService({ redisUrl: redis.url, port: svc.port, env: { CORS_ORIGINS: pages.origin } });
+  const restarted = await startService({ redisUrl: shared.redis.url, port: svc.port, env: { CORS_ORIGINS: shared.pages.origin } });
   const last = await publish(restarted, "reload", { after: "restart" });
   await until(async () => (await again.log()).ids.length >= 3, "caught up after the restart", 40000);
   assert.deepEqual((await again.log()).ids, [ids[1], missed, last]);
@@ -209,7 +195,7 @@ test("a reload resumes where the page left off, and a crashed service is survive
 
 test("reset fires when the service says recovered: false", async () => {
   const svc = await service();
-  const context = await browser.newContext();
+  const context = await shared.browser.newContext();
   // A position from long ago (before this Redis's history began): something may be missing.
   await context.addInitScript(({ key }) => localStorage.setItem(key, "1-0"), { key: `sse-notify:${svc.url}:gone:last` });
   const tab = await openTab(context, svc, "gone", { tokens: minter("gone") });

@@ -7,6 +7,7 @@ import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -161,4 +162,23 @@ export function launchBrowser() {
       "--disable-sync",
     ],
   });
+}
+
+/**
+ * What a test file shares: a Redis, the page server and Chromium, started before its tests and
+ * stopped after them (with any service a test left running).
+ */
+export function servers() {
+  const env = {};
+  before(async () => {
+    env.redis = await startRedis();
+    env.pages = await startPageServer();
+    env.browser = await launchBrowser();
+  });
+  after(async () => {
+    await env.browser?.close();
+    await env.pages?.stop();
+    killAll();
+  });
+  return env;
 }
