@@ -265,8 +265,10 @@ class Feed {
         this.tell({ kind: "read", read: this.read });
       } else if (e.event === "notification" && e.id) {
         const notification = JSON.parse(e.data);
-        if (this.show(notification, e.id)) this.tell({ kind: "notification", notification, id: e.id });
-        this.save(e.id); // after the other tabs have it
+        if (this.show(notification, e.id)) {
+          this.tell({ kind: "notification", notification, id: e.id });
+          this.save(e.id); // after the other tabs have it
+        }
       }
     });
     let dead;
