@@ -5,6 +5,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations-lua ./migrations-lua
 COPY static ./static
+# The browser client the service serves (embedded at build time).
+COPY clients/js ./clients/js
 # bench/ is a workspace member: without it cargo refuses the workspace manifest.
 COPY bench ./bench
 RUN cargo build --release --locked --bin sse-notify

@@ -204,7 +204,17 @@ fn the_dockerfile_copies_a_complete_locked_workspace() {
         .current_dir(&context)
         .output()
         .expect("cargo runs");
+    // Files the binary embeds (`include_str!`) must be in the context too, or `cargo build`
+    // fails there although `cargo metadata` passed.
+    let missing = embedded_files(&root.join("src"))
+        .into_iter()
+        .filter(|path| !context.join(path).exists())
+        .collect::<Vec<_>>();
     let _ = std::fs::remove_dir_all(&context);
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile does not copy what the binary embeds: {missing:?}"
+    );
     assert!(
         output.status.success(),
         "the Dockerfile's build context is not a complete locked workspace: {}",
@@ -215,4 +225,45 @@ fn the_dockerfile_copies_a_complete_locked_workspace() {
         ignored.lines().any(|l| l.trim() == "target"),
         ".dockerignore must keep target/ out of the build context"
     );
+}
+
+/// Every path (relative to the repository) that a source file under `dir` embeds with
+/// `include_str!`: the literal, or the literal prefix of a `concat!` (a directory).
+fn embedded_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("a source directory") {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            found.extend(embedded_files(&path));
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for (at, _) in text.match_indices("include_str!(") {
+            let rest = &text[at..];
+            let Some(open) = rest.find('"') else { continue };
+            let Some(len) = rest[open + 1..].find('"') else {
+                continue;
+            };
+            let literal = &rest[open + 1..open + 1 + len];
+            let resolved = path.parent().expect("a parent").join(literal);
+            let normalized: std::path::PathBuf =
+                resolved
+                    .components()
+                    .fold(std::path::PathBuf::new(), |mut acc, part| {
+                        if part == std::path::Component::ParentDir {
+                            acc.pop();
+                        } else {
+                            acc.push(part);
+                        }
+                        acc
+                    });
+            if let Ok(relative) = normalized.strip_prefix(root) {
+                found.push(relative.to_owned());
+            }
+        }
+    }
+    found
 }
