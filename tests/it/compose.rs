@@ -172,6 +172,10 @@ fn the_dockerfile_copies_a_complete_locked_workspace() {
             } else {
                 context.join(dest)
             };
+            // Docker creates the destination's parents; cp does not.
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).expect("the destination's parent");
+            }
             let status = Command::new("cp")
                 .args(["-r"])
                 .arg(root.join(source))
