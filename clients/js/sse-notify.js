@@ -12,6 +12,15 @@ function after(a, b) {
 }
 const later = (a, b) => (after(a, b) ? a : b);
 
+/** localStorage, or null where reading it throws (a sandboxed frame, blocked storage). */
+function defaultStorage() {
+  try {
+    return globalThis.localStorage ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** An Error with the HTTP status (0: the network failed). */
 function failure(status, message) {
   return Object.assign(new Error(message), { status });
@@ -61,7 +70,7 @@ class Feed {
     this.base = (url ?? globalThis.location?.origin ?? "").replace(/\/$/, "");
     this.member = String(member);
     this.token = token;
-    this.storage = storage === undefined ? globalThis.localStorage ?? null : storage;
+    this.storage = storage === undefined ? defaultStorage() : storage;
     this.debug = debug;
     this.key = `sse-notify:${this.base}:${this.member}`;
     this.listeners = {};
@@ -97,7 +106,15 @@ class Feed {
   }
 
   emit(name, value) {
-    for (const listener of this.listeners[name] ?? []) listener(value);
+    for (const listener of this.listeners[name] ?? []) {
+      try {
+        listener(value);
+      } catch (error) {
+        queueMicrotask(() => {
+          throw error; // the app's error, reported as uncaught; our stream goes on
+        });
+      }
+    }
   }
 
   saved() {
