@@ -153,16 +153,9 @@ async fn a_member_never_sees_another_members_notifications() {
     let event = stream.next_notification(WAIT).await;
     assert_eq!(event.id, Some(mine));
     assert!(!stream.raw.contains(&secret) && !stream.raw.contains("private"));
-    let history: Value = app
-        .client
-        .get(format!("{}/notifications?member_id=victim", app.url))
-        .bearer_auth(token("attacker"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, history) = app
+        .get_json("/notifications?member_id=victim", "attacker")
+        .await;
     assert!(
         history["notifications"]
             .as_array()

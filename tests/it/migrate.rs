@@ -169,16 +169,8 @@ async fn moves_the_old_layout_so_old_and_new_clients_see_what_the_old_service_ga
     // Read state is left alone: no position is written, and the migrated history is unread,
     // counted like the service's own entries (the migration numbers them).
     assert_eq!(redis.cli(&["--scan", "--pattern", "n:*:r:*"]), "");
-    let unread: Value = app
-        .client
-        .get(format!("{}/notifications/unread", app.url))
-        .bearer_auth(crate::support::token("42"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, unread) = app.get_json("/notifications/unread", "42").await;
+    assert_eq!(status, 200);
     assert_eq!(
         unread,
         json!({"read_up_to": "0-0", "unread": 3, "as_of": format!("{}-0", t + 2_000)})

@@ -11,15 +11,9 @@ use crate::support::{RedisServer, TestApp, WAIT, id_order, token};
 
 /// `GET /notifications/unread` as `member`.
 async fn unread(app: &TestApp, member: &str) -> Value {
-    let response = app
-        .client
-        .get(format!("{}/notifications/unread", app.url))
-        .bearer_auth(token(member))
-        .send()
-        .await
-        .expect("a well-formed answer");
-    assert_eq!(response.status(), 200);
-    response.json().await.expect("a well-formed answer")
+    let (status, body) = app.get_json("/notifications/unread", member).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// `POST /notifications/read` with `body`, as `bearer`; the status and the JSON answer.
@@ -259,17 +253,7 @@ async fn history_pages_backward_for_an_inbox_and_carry_the_read_state() {
     mark(&app, &token("r7"), json!({"up_to": ids[2]})).await;
     let page = |query: String| {
         let app = &app;
-        async move {
-            let response = app
-                .client
-                .get(format!("{}/notifications?{query}", app.url))
-                .bearer_auth(token("r7"))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap())
-        }
+        async move { app.get_json(&format!("/notifications?{query}"), "r7").await }
     };
     let page_ids = |body: &Value| -> Vec<String> {
         body["notifications"]

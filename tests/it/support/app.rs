@@ -111,6 +111,20 @@ impl TestApp {
         self.metric_through(&self.client, name).await
     }
 
+    /// `GET path` as `member` (a token in the header): the status and the JSON body (null when
+    /// the body is not JSON).
+    pub async fn get_json(&self, path: &str, member: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token(member))
+            .send()
+            .await
+            .expect("GET answered");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
     /// A raw TCP connection to the instance, for requests written byte by byte.
     pub async fn connect(&self) -> tokio::net::TcpStream {
         tokio::net::TcpStream::connect(self.url.trim_start_matches("http://"))
