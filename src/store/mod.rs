@@ -420,7 +420,7 @@ impl Store {
         }
     }
 
-    /// Waits for one of the `CONCURRENT_READS` replay/history read slots.
+    /// Waits for one of the `CONCURRENT_READS` replay/history/unread read slots.
     async fn read_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
         self.inner
             .reads
@@ -495,7 +495,10 @@ impl Store {
     }
 
     /// The member's read state as of its newest retained notification (`unread.lua`).
+    /// Queued like replays: every fresh subscribe asks it, so a reconnect storm of fresh
+    /// streams waits its turn instead of flooding the command connection.
     pub async fn unread(&self, member: &MemberId) -> Result<ReadState, StoreError> {
+        let _turn = self.read_turn().await?;
         let reply: Vec<Value> = scripts::UNREAD
             .key(keys::stream(member))
             .key(keys::read_position(member))
