@@ -13,6 +13,7 @@ ensure_apt build-essential zlib1g-dev redis-server redis-tools
 PORT="${PORT:-8080}"
 REDIS_PORT="${REDIS_PORT:-$(free_port 6380)}"
 PUBLISH_TOKEN="${PUBLISH_TOKEN:-dev-publish-token}"
+JWT_SECRET="${JWT_SECRET:-dev-jwt-secret}"
 mkdir -p .dev/redis
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/.dev/redis" \
@@ -28,14 +29,14 @@ done
 cargo build --release --quiet
 cat >&2 <<MSG
 
-  sse-notify (dev): gateway auth, so any member id is accepted — never expose this setup.
-  Demo page:  http://127.0.0.1:$PORT/?member=demo#publish_token=$PUBLISH_TOKEN
+  sse-notify (dev): member tokens signed with the dev secret below — never expose this setup.
+  Demo page:  http://127.0.0.1:$PORT/?member=demo#publish_token=$PUBLISH_TOKEN&dev_jwt_secret=$JWT_SECRET
   Publish:    curl -X POST http://127.0.0.1:$PORT/notifications -H 'authorization: Bearer $PUBLISH_TOKEN' \\
                 -H 'content-type: application/json' -d '{"member_id":"demo","type":"hello","content":{"text":"hi"}}'
   Redis:      redis://127.0.0.1:$REDIS_PORT (data in .dev/redis)
 
 MSG
-LISTEN_ADDR="127.0.0.1:$PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" AUTH_MODE=gateway \
+LISTEN_ADDR="127.0.0.1:$PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" AUTH_MODE=jwt JWT_SECRET="$JWT_SECRET" \
   PUBLISH_TOKEN="$PUBLISH_TOKEN" RUST_LOG="${RUST_LOG:-info}" ./target/release/sse-notify &
 service_pid=$!
 trap 'kill "$service_pid" 2>/dev/null || true; wait "$service_pid" 2>/dev/null || true; kill "$redis_pid" 2>/dev/null || true' EXIT

@@ -59,7 +59,8 @@ export interface Feed {
   /** The current unread count. */
   readonly unread: number;
   readonly state: FeedState;
-  /** Marks read up to `id` (default: the newest id this tab has received). */
+  /** Marks read up to `id` (default: what the badge counts: the newest id this tab has received, or the
+   * position the service counted at, whichever is later; never `all`). */
   markRead(id?: string): Promise<ReadState>;
   /** A page of history: `before` (newest first, "" = the newest) or `after` (oldest first). */
   history(page?: { before?: string; after?: string; limit?: number }): Promise<HistoryPage>;

@@ -3,6 +3,7 @@
 
 const MAX_WAIT = 30000; // backoff cap, ms
 const DEAD_AFTER = 45000; // no bytes for this long: three missed heartbeats
+const MAX_RECEIVED = 1000; // ids counted on top of the service's count; beyond, ask it anew
 
 /** Stream ids compare as (ms, seq). */
 function after(a, b) {
@@ -79,17 +80,25 @@ class Feed {
     this.known = false; // whether a count has been received
     this.read = { read_up_to: "0-0", unread: 0, as_of: "0-0" };
     this.received = []; // ids shown after the read state's floor
-    this.shown = this.saved(); // the newest id this tab has shown: nothing at or before it again
+    // The tab's position: the newest id it has shown (nothing at or before it again), or where
+    // its first stream began. A new page starts from the browser's saved position; "0-0" saved
+    // means the member had nothing then (`empty`: what appears later is caught up from history).
+    this.shown = this.saved();
+    this.empty = this.shown === "0-0";
+    if (this.empty) this.shown = null;
+    this.queue = null; // notifications held back while a catch-up runs
     this.closed = false;
     this.failures = 0;
     this.retryMs = 1000;
     const canShare = share && globalThis.navigator?.locks && globalThis.BroadcastChannel;
     this.leader = !canShare;
-    // Back online, visible again, restored from the back/forward cache: reconnect at once.
+    // Visible again, restored from the back/forward cache: reconnect at once unless open. Back
+    // online: the stream's tab reconnects even if open, as the network under it has changed.
     this.wake = () => this.state !== "open" && this.reconnect();
+    this.onOnline = () => this.leader && this.reconnect();
     this.onVisible = () => document.visibilityState === "visible" && this.wake();
     this.onShow = (e) => e.persisted && this.wake();
-    globalThis.addEventListener?.("online", this.wake);
+    globalThis.addEventListener?.("online", this.onOnline);
     globalThis.addEventListener?.("pageshow", this.onShow);
     globalThis.document?.addEventListener("visibilitychange", this.onVisible);
     if (canShare) this.join();
@@ -167,7 +176,74 @@ class Feed {
     if (after(id, later(this.read.as_of, this.read.read_up_to))) this.received.push(id);
     this.emit("notification", notification);
     this.count();
+    if (this.received.length > MAX_RECEIVED) this.recount();
     return true;
+  }
+
+  /** Takes the service's exact count anew, so `received` (ids after its `as_of`) stays bounded. */
+  recount() {
+    if (this.recounting) return;
+    this.recounting = this.request("/notifications/unread")
+      .then((state) => this.takeRead(state), (error) => this.log("cannot recount", error))
+      .finally(() => (this.recounting = null));
+  }
+
+  /** Shows a notification from the stream or a relay, unless a catch-up holds them back. */
+  deliver(notification, id) {
+    if (this.queue) this.queue.push([notification, id]);
+    else this.pass(notification, id);
+  }
+
+  /** Shows a notification; the leader then relays it, and saves its id once the others have it. */
+  pass(notification, id) {
+    if (this.show(notification, id) && this.leader) {
+      this.tell({ kind: "notification", notification, id });
+      this.save(id);
+    }
+  }
+
+  /**
+   * A fresh stream began at `as_of`: the tab's position from now on. If the member had nothing
+   * when the tab last connected (`empty`), what was published since, up to `as_of`, comes from
+   * history first, and the stream's notifications wait for it.
+   */
+  begin(asOf) {
+    if (asOf === "0-0" || !this.empty) {
+      if (asOf === "0-0") this.empty = true;
+      else this.shown = asOf;
+      if (this.leader) this.save(asOf);
+      return;
+    }
+    if (this.queue) return void (this.target = later(this.target, asOf)); // one catch-up at a time
+    this.queue = [];
+    this.target = asOf;
+    this.catchUp()
+      .catch((error) => {
+        this.log("cannot catch up", error);
+        this.emit("reset"); // something may be missing: the app reloads its state
+        this.tell({ kind: "reset" });
+      })
+      .finally(() => {
+        const queue = this.queue;
+        this.queue = null;
+        this.empty = false;
+        this.shown = this.shown ? later(this.shown, this.target) : this.target;
+        if (this.leader) this.save(this.shown);
+        for (const [notification, id] of queue) this.pass(notification, id);
+      });
+  }
+
+  /** Shows, oldest first, what history holds up to `target`. */
+  async catchUp() {
+    for (let from = ""; ; ) {
+      const page = await this.history({ after: from, limit: 1000 });
+      for (const notification of page.notifications) {
+        if (after(notification.id, this.target)) return;
+        this.pass(notification, notification.id);
+      }
+      if (!page.next) return;
+      from = page.next;
+    }
   }
 
   // --- sharing one stream between tabs ---------------------------------------------------
@@ -192,16 +268,19 @@ class Feed {
   hear(message) {
     if (this.leader) {
       if (message.kind === "hello") {
-        this.tell({ kind: "snapshot", state: this.state, read: this.read, received: this.received, known: this.known });
+        const { state, read, received, known, shown, empty } = this;
+        this.tell({ kind: "snapshot", state, read, received, known, shown, empty });
       } else if (message.kind === "reconnect") this.reconnect();
       return; // only the leader's stream speaks
     }
-    if (message.kind === "notification") this.show(message.notification, message.id);
+    if (message.kind === "notification") this.deliver(message.notification, message.id);
     else if (message.kind === "read") this.takeRead(message.read);
     else if (message.kind === "reset") this.emit("reset");
     else if (message.kind === "state") this.setState(message.state);
     else if (message.kind === "snapshot") {
       this.setState(message.state);
+      // A new page with nothing saved yet starts where the stream it joins is.
+      if (!this.shown && !this.empty) [this.shown, this.empty] = [message.shown, message.empty];
       this.received = [...new Set([...message.received, ...this.received])];
       if (message.known) this.takeRead(message.read);
     }
@@ -222,7 +301,7 @@ class Feed {
       this.opened = false;
       this.now = false;
       try {
-        const last = this.saved() ?? this.shown;
+        const last = this.shown; // the tab's own: the saved one may be another tab's, further on
         const headers = await this.headers({ accept: "text/event-stream" });
         if (last) headers["last-event-id"] = last;
         this.abort = new AbortController();
@@ -277,15 +356,12 @@ class Feed {
         }
         this.takeRead(data);
         this.tell({ kind: "read", read: this.read });
+        if (!this.shown) this.begin(data.as_of);
       } else if (e.event === "read") {
         this.takeRead(JSON.parse(e.data));
         this.tell({ kind: "read", read: this.read });
       } else if (e.event === "notification" && e.id) {
-        const notification = JSON.parse(e.data);
-        if (this.show(notification, e.id)) {
-          this.tell({ kind: "notification", notification, id: e.id });
-          this.save(e.id); // after the other tabs have it
-        }
+        this.deliver(JSON.parse(e.data), e.id);
       }
     });
     let dead;
@@ -325,7 +401,9 @@ class Feed {
   }
 
   async markRead(id) {
-    const up_to = id ?? this.shown;
+    // No id: up to what the badge counts (the newest shown, or the service's count's `as_of`).
+    const counted = this.known && this.read.as_of !== "0-0" ? this.read.as_of : null;
+    const up_to = id ?? (this.shown && counted ? later(this.shown, counted) : this.shown ?? counted);
     if (!up_to) return { ...this.read };
     const state = await this.request("/notifications/read", {
       method: "POST",
@@ -361,7 +439,7 @@ class Feed {
     this.release?.(); // another tab takes the stream over: the others are not told "closed"
     this.channel?.close();
     this.channel = null;
-    globalThis.removeEventListener?.("online", this.wake);
+    globalThis.removeEventListener?.("online", this.onOnline);
     globalThis.removeEventListener?.("pageshow", this.onShow);
     globalThis.document?.removeEventListener("visibilitychange", this.onVisible);
     this.setState("closed");

@@ -5,7 +5,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 
-import { artifacts, publish, servers, startService, token, until } from "./support.mjs";
+import { JWT_SECRET, artifacts, publish, servers, startService, token, until } from "./support.mjs";
 
 const shared = servers();
 
@@ -134,9 +134,13 @@ test("the demo page renders, publishes, shows the notification and survives a re
   const service = await startService({ redisUrl: shared.redis.url });
   const context = await shared.browser.newContext({ viewport: { width: 1200, height: 900 } });
   const page = await context.newPage();
-  await page.goto(`${service.url}/#token=${token("demo")}&publish_token=browser-test-publish`);
+  const urls = [];
+  page.on("request", (request) => urls.push(request.url()));
+  // As scripts/dev.sh opens it: the page signs its own member tokens with the dev secret.
+  await page.goto(`${service.url}/?member=demo#publish_token=browser-test-publish&dev_jwt_secret=${JWT_SECRET}`);
   await until(async () => (await page.textContent("#state")) === "open", "the demo page to connect");
   assert.equal(await page.textContent("#recovered"), "true");
+  assert.match(await page.textContent("#auth-note"), /Dev token auth/);
 
   await page.click("#publish-form button[type=submit]");
   await until(() => page.$("#notifications li[data-id]"), "the published notification in the list");
@@ -150,6 +154,19 @@ test("the demo page renders, publishes, shows the notification and survives a re
   await until(() => page.$(`#notifications li[data-id="${id}"]`), "a notification after the restart", 20000);
   assert.equal(await page.textContent("#state"), "open");
   assert.equal(await page.textContent("#received"), "2");
+  assert.ok(urls.every((u) => !u.includes("eyJ") && !u.includes("access_token")), "no token in a URL");
+
+  // A reload shows the inbox from history, newest first, and the stream resumes quietly.
+  await page.reload();
+  await until(async () => (await page.$$("#notifications li[data-id]")).length === 2, "the inbox after a reload");
+  const listed = await page.$$eval("#notifications li[data-id]", (items) => items.map((li) => li.dataset.id));
+  assert.equal(listed[0], id, "newest first");
+  await until(async () => (await page.textContent("#state")) === "open", "open after the reload");
+  assert.equal(await page.textContent("#received"), "0", "nothing shown twice by the resumed stream");
+  assert.equal(await page.textContent("#unread"), "2 unread");
+  await page.click("#mark-all-read");
+  await until(async () => (await page.textContent("#unread")) === "0 unread", "the badge cleared");
+  assert.equal(await page.$$eval("#notifications li.unread", (items) => items.length), 0, "no item marked new");
 
   fs.mkdirSync(artifacts, { recursive: true });
   await page.screenshot({ path: path.join(artifacts, "demo-page.png"), fullPage: true });

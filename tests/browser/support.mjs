@@ -70,7 +70,18 @@ export async function startRedis() {
     proc.once("exit", (code) => reject(new Error(`redis-server exited (${code}): ${log}`)));
   });
   proc.stdout.resume();
-  return { url: `redis://127.0.0.1:${port}`, stop: () => proc.kill("SIGKILL") };
+  /** Sends one command (RESP) and resolves with the first reply line. */
+  const command = (...args) =>
+    new Promise((resolve, reject) => {
+      const socket = net.connect(port, "127.0.0.1");
+      socket.once("error", reject);
+      socket.once("data", (reply) => {
+        socket.end();
+        resolve(reply.toString().split("\r\n")[0]);
+      });
+      socket.write(`*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join(""));
+    });
+  return { url: `redis://127.0.0.1:${port}`, command, stop: () => proc.kill("SIGKILL") };
 }
 
 /** An sse-notify process in jwt mode; `port` lets a restart come back on the same address. */
@@ -181,4 +192,48 @@ export function servers() {
     killAll();
   });
   return env;
+}
+
+/**
+ * A TCP proxy in front of `target` (host:port) that can go silent: `stall()` stops forwarding the
+ * service's bytes on every connection whose latest request is a subscribe, leaving it open, as a
+ * dead NAT or a sleeping laptop's socket would. Later connections pass normally.
+ */
+export async function startStallingProxy(target) {
+  const [host, port] = target.split(":");
+  const connections = new Set();
+  let opened = 0;
+  const server = net.createServer((client) => {
+    opened += 1;
+    const upstream = net.connect(Number(port), host);
+    const connection = { client, upstream, subscribe: false, stalled: false };
+    connections.add(connection);
+    client.on("data", (chunk) => {
+      const text = chunk.toString("latin1");
+      if (/^[A-Z]+ \//.test(text)) connection.subscribe = text.startsWith("GET /notification/subscribe");
+      upstream.write(chunk);
+    });
+    upstream.on("data", (chunk) => connection.stalled || client.write(chunk));
+    const end = () => {
+      connections.delete(connection);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("close", end).on("error", end);
+    upstream.on("close", end).on("error", end);
+  });
+  const listenPort = await freePort();
+  await new Promise((resolve) => server.listen(listenPort, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${listenPort}`,
+    /** How many connections the browser has made through the proxy. */
+    opened: () => opened,
+    stall() {
+      for (const connection of connections) if (connection.subscribe) connection.stalled = true;
+    },
+    stop() {
+      for (const connection of connections) connection.client.destroy();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
