@@ -51,7 +51,13 @@ async fn health_readiness_metrics_demo_and_unknown_routes() {
     }
     let demo = get("/").await.unwrap();
     assert_eq!(demo.status(), 200);
-    assert!(demo.text().await.unwrap().contains("EventSource"));
+    // The demo page is an app on the browser client, imported from this service.
+    assert!(
+        demo.text()
+            .await
+            .unwrap()
+            .contains(r#"import { connect } from "/client/sse-notify.js";"#)
+    );
     let missing = get("/nope").await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.json::<Value>().await.unwrap()["error"], "not_found");
