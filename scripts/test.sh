@@ -23,8 +23,10 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
 
-# The browser client's size budget (CLIENT.md): 6,144 bytes after gzip -9.
+# The browser client's size budget (CLIENT.md): 6,144 bytes after gzip -9; its package installs,
+# imports and type-checks.
 bash scripts/client-size.sh
+bash scripts/client-package.sh
 
 # The browser suite drives target/debug/sse-notify, which `cargo test` just built.
 node --test tests/browser/
