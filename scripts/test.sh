@@ -17,6 +17,8 @@ command -v node >/dev/null && command -v npm >/dev/null || ensure_apt nodejs npm
 COMPOSE_BIN="$(ensure_compose)"
 export COMPOSE_BIN
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+# The service embeds the browser client's minified build: it must be the source's.
+bash scripts/client-build.sh --check
 bash scripts/kafka-test-broker.sh install
 
 cargo fmt --all -- --check

@@ -27,6 +27,22 @@ function failure(status, message) {
   return Object.assign(new Error(message), { status });
 }
 
+/** `promise`, or a status-0 failure after `DEAD_AFTER` (a token function that never answers). */
+function within(promise, what) {
+  let timer;
+  const late = new Promise((_, reject) => (timer = setTimeout(() => reject(failure(0, what + " timed out")), DEAD_AFTER)));
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/** sessionStorage (the tab's own, kept across its reloads), or null where it cannot be read. */
+function tabStorage() {
+  try {
+    return globalThis.sessionStorage ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** Incremental event-stream parser (WHATWG rules): lines end at CRLF, CR or LF. */
 function parser(onEvent) {
   let buffer = "";
@@ -72,18 +88,21 @@ class Feed {
     this.member = String(member);
     this.token = token;
     this.storage = storage === undefined ? defaultStorage() : storage;
+    this.tab = storage === null ? null : tabStorage();
     this.debug = debug;
-    this.key = `sse-notify:${this.base}:${this.member}`;
+    this.key = `sse-notify:${this.base}:${this.member}:last`;
     this.listeners = {};
     this.state = "connecting";
     this.unread = 0;
-    this.known = false; // whether a count has been received
+    this.known = false; // whether the service's count has been received
+    this.told = false; // whether `unread` has been emitted
     this.read = { read_up_to: "0-0", unread: 0, as_of: "0-0" };
-    this.received = []; // ids shown after the read state's floor
-    // The tab's position: the newest id it has shown (nothing at or before it again), or where
-    // its first stream began. A new page starts from the browser's saved position; "0-0" saved
-    // means the member had nothing then (`empty`: what appears later is caught up from history).
-    this.shown = this.saved();
+    this.received = []; // ids shown after the read state's floor, counted on top of it
+    // The tab's position: the newest id it has shown (nothing at or before it again), or where its
+    // first stream began. A reloaded tab starts from its own (sessionStorage), a new page from the
+    // browser's (storage). "0-0" means the member had nothing then (`empty`: what appears later
+    // is caught up from history).
+    this.shown = this.load(this.tab) ?? this.load(this.storage);
     this.empty = this.shown === "0-0";
     if (this.empty) this.shown = null;
     this.queue = null; // notifications held back while a catch-up runs
@@ -94,8 +113,10 @@ class Feed {
     this.leader = !canShare;
     // Visible again, restored from the back/forward cache: reconnect at once unless open. Back
     // online: the stream's tab reconnects even if open, as the network under it has changed.
-    this.wake = () => this.state !== "open" && this.reconnect();
-    this.onOnline = () => this.leader && this.reconnect();
+    // Never behind an `unauthorized`: only reconnect() ends that.
+    const waiting = () => this.state !== "unauthorized";
+    this.wake = () => this.state !== "open" && waiting() && this.reconnect();
+    this.onOnline = () => this.leader && waiting() && this.reconnect();
     this.onVisible = () => document.visibilityState === "visible" && this.wake();
     this.onShow = (e) => e.persisted && this.wake();
     globalThis.addEventListener?.("online", this.onOnline);
@@ -126,17 +147,17 @@ class Feed {
     }
   }
 
-  saved() {
+  load(storage) {
     try {
-      return this.storage?.getItem(this.key + ":last") ?? null;
+      return storage?.getItem(this.key) ?? null;
     } catch {
       return null;
     }
   }
 
-  save(id) {
+  keep(storage, id) {
     try {
-      this.storage?.setItem(this.key + ":last", id);
+      storage?.setItem(this.key, id);
     } catch (error) {
       this.log("cannot save the position", error);
     }
@@ -152,32 +173,27 @@ class Feed {
 
   // --- the badge -------------------------------------------------------------------------
 
-  takeRead(state) {
-    if (after(this.read.read_up_to, state.read_up_to)) return; // older than what we hold
+  /**
+   * Takes a read state unless it is older than the one held. A position further back with a newer
+   * count is newer: the position expired (a retention window without a move) or Redis lost it;
+   * `force` takes it after a `recovered: false`.
+   */
+  takeRead(state, force = false) {
+    const held = this.read;
+    if (!force && after(held.read_up_to, state.read_up_to) && !after(state.as_of, held.as_of)) return;
     this.read = { read_up_to: state.read_up_to, unread: state.unread, as_of: state.as_of };
-    const floor = later(this.read.as_of, this.read.read_up_to);
-    this.received = this.received.filter((id) => after(id, floor));
+    this.known = true;
     this.count();
   }
 
   count() {
+    const floor = later(this.read.as_of, this.read.read_up_to);
+    this.received = this.received.filter((id) => after(id, floor));
     const unread = this.read.unread + this.received.length;
-    if (this.known && unread === this.unread) return;
-    this.known = true;
+    if (!this.known || (this.told && unread === this.unread)) return;
+    this.told = true;
     this.unread = unread;
     this.emit("unread", { unread, read_up_to: this.read.read_up_to });
-  }
-
-  // --- what every tab shows --------------------------------------------------------------
-
-  show(notification, id) {
-    if (this.shown && !after(id, this.shown)) return false; // shown already (a resume, a new leader)
-    this.shown = id;
-    if (after(id, later(this.read.as_of, this.read.read_up_to))) this.received.push(id);
-    this.emit("notification", notification);
-    this.count();
-    if (this.received.length > MAX_RECEIVED) this.recount();
-    return true;
   }
 
   /** Takes the service's exact count anew, so `received` (ids after its `as_of`) stays bounded. */
@@ -186,6 +202,19 @@ class Feed {
     this.recounting = this.request("/notifications/unread")
       .then((state) => this.takeRead(state), (error) => this.log("cannot recount", error))
       .finally(() => (this.recounting = null));
+  }
+
+  // --- what every tab shows --------------------------------------------------------------
+
+  show(notification, id) {
+    if (this.closed || (this.shown && !after(id, this.shown))) return false; // shown already
+    this.shown = id;
+    this.keep(this.tab, id);
+    if (after(id, later(this.read.as_of, this.read.read_up_to)) && !this.received.includes(id)) this.received.push(id);
+    this.emit("notification", notification);
+    this.count();
+    if (this.received.length > MAX_RECEIVED) this.recount();
+    return true;
   }
 
   /** Shows a notification from the stream or a relay, unless a catch-up holds them back. */
@@ -198,51 +227,79 @@ class Feed {
   pass(notification, id) {
     if (this.show(notification, id) && this.leader) {
       this.tell({ kind: "notification", notification, id });
-      this.save(id);
+      this.keep(this.storage, id);
     }
+  }
+
+  /** The tab's position is `id` without a notification (where a stream or a catch-up began). */
+  mark(id) {
+    if (this.shown && !after(id, this.shown)) return;
+    this.shown = id;
+    this.keep(this.tab, id);
+    if (this.leader) this.keep(this.storage, id);
   }
 
   /**
    * A fresh stream began at `as_of`: the tab's position from now on. If the member had nothing
-   * when the tab last connected (`empty`), what was published since, up to `as_of`, comes from
-   * history first, and the stream's notifications wait for it.
+   * when the tab last connected (`empty`), what was published since, up to `as_of`, is caught
+   * up from history first.
    */
   begin(asOf) {
-    if (asOf === "0-0" || !this.empty) {
-      if (asOf === "0-0") this.empty = true;
-      else this.shown = asOf;
-      if (this.leader) this.save(asOf);
-      return;
-    }
-    if (this.queue) return void (this.target = later(this.target, asOf)); // one catch-up at a time
+    if (this.empty && asOf !== "0-0") return this.fill("", asOf);
+    if (asOf === "0-0") {
+      this.empty = true;
+      this.keep(this.tab, asOf);
+      if (this.leader) this.keep(this.storage, asOf);
+    } else this.mark(asOf);
+    this.tell({ kind: "position", shown: this.shown, empty: this.empty });
+  }
+
+  /**
+   * Shows what history holds after `from` up to `target` before anything the stream or the
+   * leader sends meanwhile (held in `queue`); a second gap while one is filled widens it. Three
+   * failures in a row give up with a `reset`: the app reloads its state.
+   */
+  fill(from, target) {
+    if (this.queue) return void (this.target = later(this.target, target));
     this.queue = [];
-    this.target = asOf;
-    this.catchUp()
+    this.target = target;
+    (async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await this.catchUp(from);
+        } catch (error) {
+          if (attempt === 3 || this.closed) throw error;
+          from = this.shown ?? from;
+          await new Promise((r) => setTimeout(r, 1000 * attempt));
+        }
+      }
+    })()
       .catch((error) => {
         this.log("cannot catch up", error);
-        this.emit("reset"); // something may be missing: the app reloads its state
-        this.tell({ kind: "reset" });
+        this.emit("reset");
+        if (this.leader) this.tell({ kind: "reset" });
       })
       .finally(() => {
         const queue = this.queue;
         this.queue = null;
         this.empty = false;
-        this.shown = this.shown ? later(this.shown, this.target) : this.target;
-        if (this.leader) this.save(this.shown);
         for (const [notification, id] of queue) this.pass(notification, id);
+        this.mark(this.target);
+        if (this.leader) this.tell({ kind: "position", shown: this.shown, empty: false });
       });
   }
 
-  /** Shows, oldest first, what history holds up to `target`. */
-  async catchUp() {
-    for (let from = ""; ; ) {
+  /** Shows, oldest first, what history holds after `from` up to `target` (which may move on). */
+  async catchUp(from) {
+    for (;;) {
+      const target = this.target;
       const page = await this.history({ after: from, limit: 1000 });
       for (const notification of page.notifications) {
         if (after(notification.id, this.target)) return;
         this.pass(notification, notification.id);
+        from = notification.id;
       }
-      if (!page.next) return;
-      from = page.next;
+      if (!page.next && target === this.target) return;
     }
   }
 
@@ -266,23 +323,28 @@ class Feed {
   }
 
   hear(message) {
+    const { kind } = message;
     if (this.leader) {
-      if (message.kind === "hello") {
+      if (kind === "hello") {
         const { state, read, received, known, shown, empty } = this;
         this.tell({ kind: "snapshot", state, read, received, known, shown, empty });
-      } else if (message.kind === "reconnect") this.reconnect();
+      } else if (kind === "reconnect") this.reconnect();
       return; // only the leader's stream speaks
     }
-    if (message.kind === "notification") this.deliver(message.notification, message.id);
-    else if (message.kind === "read") this.takeRead(message.read);
-    else if (message.kind === "reset") this.emit("reset");
-    else if (message.kind === "state") this.setState(message.state);
-    else if (message.kind === "snapshot") {
+    if (kind === "notification") this.deliver(message.notification, message.id);
+    else if (kind === "read") this.takeRead(message.read, message.force);
+    else if (kind === "reset") this.emit("reset");
+    else if (kind === "state") this.setState(message.state);
+    else if (kind === "position" || kind === "snapshot") {
+      // A tab with no position yet starts where the stream it joins is; one behind it (a reload
+      // while another tab held the stream) first catches up from history.
+      if (!this.shown) [this.shown, this.empty] = [message.shown, message.empty];
+      else if (message.shown && after(message.shown, this.shown)) this.fill(this.shown, message.shown);
+      if (kind === "position") return;
       this.setState(message.state);
-      // A new page with nothing saved yet starts where the stream it joins is.
-      if (!this.shown && !this.empty) [this.shown, this.empty] = [message.shown, message.empty];
       this.received = [...new Set([...message.received, ...this.received])];
       if (message.known) this.takeRead(message.read);
+      else this.count();
     }
   }
 
@@ -290,7 +352,7 @@ class Feed {
 
   async headers(extra = {}) {
     const headers = { ...extra };
-    if (this.token) headers.authorization = "Bearer " + (await this.token());
+    if (this.token) headers.authorization = "Bearer " + (await within(this.token(), "token()"));
     return headers;
   }
 
@@ -300,37 +362,55 @@ class Feed {
       this.setState(this.failures ? "retrying" : "connecting");
       this.opened = false;
       this.now = false;
+      const abort = (this.abort = new AbortController());
+      // No bytes for DEAD_AFTER, from the request on: a dead connection.
+      this.watch = () => {
+        clearTimeout(this.dead);
+        this.dead = setTimeout(() => abort.abort(), DEAD_AFTER);
+      };
       try {
         const last = this.shown; // the tab's own: the saved one may be another tab's, further on
         const headers = await this.headers({ accept: "text/event-stream" });
+        if (abort.signal.aborted || this.closed || !this.leader) continue;
         if (last) headers["last-event-id"] = last;
-        this.abort = new AbortController();
+        this.watch();
         const response = await fetch(this.base + "/notification/subscribe", {
           headers,
           credentials: this.token ? "same-origin" : "include",
           cache: "no-store",
-          signal: this.abort.signal,
+          signal: abort.signal,
         });
         if (response.status === 401) {
           if (++unauthorized < 2) continue; // once more, with a fresh token
+          clearTimeout(this.dead);
           this.setState("unauthorized");
           await new Promise((resume) => (this.resume = resume));
           unauthorized = 0;
           continue;
         }
         unauthorized = 0;
+        if (response.status === 400 && last) {
+          // A position the service cannot read (a corrupted saved id): start afresh, and say so.
+          this.log("position refused", last);
+          [this.shown, this.empty] = [null, false];
+          this.emit("reset");
+          this.tell({ kind: "reset" });
+          continue;
+        }
         if (!response.ok) throw failure(response.status, `subscribe answered ${response.status}`);
         await this.consume(response.body);
       } catch (error) {
         this.log("stream ended", error);
+      } finally {
+        clearTimeout(this.dead);
       }
       if (this.closed || !this.leader) break;
       // A stream that opened and ended (token exp, a drain) comes back after its `retry:`;
       // failures in a row wait longer, with full jitter, up to 30 s.
       this.failures = this.opened ? 0 : this.failures + 1;
       if (this.now) continue; // reconnect(): at once
-      const wait =
-        this.failures <= 1 ? this.retryMs : Math.random() * Math.min(MAX_WAIT, this.retryMs * 2 ** (this.failures - 1));
+      const base = Math.max(this.retryMs, 1000);
+      const wait = this.failures <= 1 ? this.retryMs : Math.random() * Math.min(MAX_WAIT, base * 2 ** (this.failures - 1));
       this.setState("retrying");
       await new Promise((done) => {
         this.resume = done;
@@ -354,8 +434,8 @@ class Feed {
           this.emit("reset");
           this.tell({ kind: "reset" });
         }
-        this.takeRead(data);
-        this.tell({ kind: "read", read: this.read });
+        this.takeRead(data, !data.recovered);
+        this.tell({ kind: "read", read: this.read, force: !data.recovered });
         if (!this.shown) this.begin(data.as_of);
       } else if (e.event === "read") {
         this.takeRead(JSON.parse(e.data));
@@ -364,19 +444,11 @@ class Feed {
         this.deliver(JSON.parse(e.data), e.id);
       }
     });
-    let dead;
-    const watch = () => {
-      clearTimeout(dead);
-      dead = setTimeout(() => this.abort?.abort(), DEAD_AFTER);
-    };
-    try {
-      for (watch(); ; watch()) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        feed(value);
-      }
-    } finally {
-      clearTimeout(dead);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      this.watch();
+      feed(value);
     }
   }
 
@@ -390,9 +462,10 @@ class Feed {
           ...init,
           headers: await this.headers(init.headers),
           credentials: this.token ? "same-origin" : "include",
+          signal: AbortSignal.timeout?.(DEAD_AFTER),
         });
       } catch (error) {
-        throw failure(0, String(error));
+        throw error.status === undefined ? failure(0, String(error)) : error;
       }
       if (response.status === 401 && attempt === 0) continue; // once more, with a fresh token
       if (!response.ok) throw failure(response.status, `${path} answered ${response.status}`);

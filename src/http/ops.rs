@@ -55,8 +55,10 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     ([(CONTENT_TYPE, content_type)], app.metrics.render()).into_response()
 }
 
-/// The browser client (clients/js/, CLIENT.md), embedded at build time: the one copy there is.
-const CLIENT: &str = include_str!("../../clients/js/sse-notify.js");
+/// The browser client (CLIENT.md) as its package exports it: the minified build of
+/// clients/js/sse-notify.js (scripts/client-build.sh; scripts/test.sh fails if it is stale),
+/// embedded at build time.
+const CLIENT: &str = include_str!("../../clients/js/dist/sse-notify.js");
 
 /// `GET /client/sse-notify.js`: cacheable (a validator that changes with the file) and readable
 /// from any origin (it is public code; credentials are never needed for it).

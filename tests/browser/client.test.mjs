@@ -31,11 +31,12 @@ for (const mode of modes) {
     const publish = (svc, member, content) => publishAs(svc, memberId(member), content);
 
     /** Mints tokens for `member` valid `ttl` seconds (or bad ones), counting the calls. */
-    function minter(member, { ttl = 3600, bad = false } = {}) {
+    function minter(member, { ttl = 3600, bad = false, delayMs = 0 } = {}) {
       return {
         calls: 0,
-        mint() {
+        async mint() {
           this.calls += 1;
+          if (delayMs) await sleep(delayMs);
           return bad ? "not-a-token" : token(memberId(member), ttl);
         },
       };
@@ -66,6 +67,20 @@ for (const mode of modes) {
       page.on("request", (request) => urls.push(request.url()));
       if (tokens) await page.exposeFunction("mintToken", () => tokens.mint());
       await page.goto(`${shared.pages.origin}/client.html`);
+      await start(page, url, member, { tokens, share });
+      return {
+        page,
+        urls,
+        log: () => page.evaluate(() => window.log),
+        /** Reloads the page and starts the client again, as an app does on load. */
+        reopen: async () => {
+          await page.reload();
+          await start(page, url, member, { tokens, share });
+        },
+      };
+    }
+
+    async function start(page, url, member, { tokens, share }) {
       await page.evaluate(
         async ({ url, member, useToken, share }) => {
           const { connect } = await import(`${url}/client/sse-notify.js`);
@@ -79,7 +94,6 @@ for (const mode of modes) {
         },
         { url, member: memberId(member), useToken: Boolean(tokens), share },
       );
-      return { page, urls, log: () => page.evaluate(() => window.log) };
     }
 
     const allOpen = (tabs) => until(async () => (await Promise.all(tabs.map((t) => t.page.evaluate(() => window.feed.state)))).every((s) => s === "open"), "every tab open");
@@ -149,7 +163,13 @@ for (const mode of modes) {
       const tokens = minter("bad", { bad: true });
       const tab = await openTab(context, svc.url, "bad", { tokens });
       await until(async () => (await tab.log()).states.includes("unauthorized"), "unauthorized");
-      await sleep(1500); // no retries behind our back
+      await sleep(1500); // no retries behind our back, not even on a wake-up
+      await tab.page.evaluate(() => {
+        document.dispatchEvent(new Event("visibilitychange"));
+        window.dispatchEvent(new PageTransitionEvent("pageshow", { persisted: true }));
+        window.dispatchEvent(new Event("online"));
+      });
+      await sleep(500);
       assert.equal(tokens.calls, 2);
       await tab.page.evaluate(() => window.feed.reconnect());
       await until(async () => tokens.calls === 4 && (await tab.log()).states.filter((s) => s === "unauthorized").length === 2, "two more calls after reconnect()");
@@ -243,14 +263,81 @@ for (const mode of modes) {
       const tabs = [await openTab(context, svc.url, "gone", { tokens: minter("gone") }), await openTab(context, svc.url, "gone", { tokens: minter("gone") })];
       await allOpen(tabs);
       await everyTabShows(tabs, [await publish(svc, "gone", { before: "the loss" })], "before the loss");
+      await tabs[0].page.evaluate(() => window.feed.markRead());
+      await until(async () => (await Promise.all(tabs.map((t) => t.page.evaluate(() => window.feed.unread)))).every((u) => u === 0), "read before the loss");
       await svc.kill();
       await redis.command("FLUSHALL");
       const restarted = await startService({ redisUrl: redis.url, port: svc.port, env: { CORS_ORIGINS: shared.pages.origin } });
       await until(async () => (await Promise.all(tabs.map((t) => t.log()))).every((l) => l.resets === 1), "a reset in every tab", 20000);
       await allOpen(tabs);
+      // The read position went back with the loss (0-0): the badge follows it, not the old one.
+      for (let i = 0; i < 2; i++) await publish(restarted, "gone", { after: i });
+      await until(async () => (await Promise.all(tabs.map((t) => t.page.evaluate(() => window.feed.unread)))).every((u) => u === 2), "2 unread after the loss");
       await context.close();
       await restarted.stop();
       redis.stop();
+    });
+
+    test("a tab reloaded while another holds the stream shows what was published during its reload", async () => {
+      const svc = await service();
+      const context = await browserContext();
+      const tabs = [await openTab(context, svc.url, "reload2", { tokens: minter("reload2") }), await openTab(context, svc.url, "reload2", { tokens: minter("reload2") })];
+      await allOpen(tabs);
+      const first = await publish(svc, "reload2", { n: 1 });
+      await everyTabShows(tabs, [first], "the first one");
+      await tabs[1].page.evaluate(() => window.feed.close()); // the page goes away...
+      const during = await publish(svc, "reload2", { n: 2 });
+      await everyTabShows(tabs.slice(0, 1), [first, during], "the other tab shows it");
+      await tabs[1].reopen(); // ...and comes back
+      const later = await publish(svc, "reload2", { n: 3 });
+      await everyTabShows(tabs.slice(1), [during, later], "the reloaded tab, from where it was");
+      await context.close();
+      await svc.stop();
+    });
+
+    test("a tab that takes over the stream before it showed anything loses nothing published in the handover", async () => {
+      for (const prior of [true, false]) {
+        // With a prior notification the fresh stream began at it; without, the member had nothing.
+        const member = prior ? "handover" : "handover-empty";
+        const svc = await service();
+        if (prior) await publish(svc, member, { prior: true });
+        const context = await browserContext();
+        // The second tab joins while the first is still waiting for its token, so what it is told
+        // on joining has no position yet; its own token comes late, so the handover has a gap.
+        const first = await openTab(context, svc.url, member, { tokens: minter(member, { delayMs: 1000 }) });
+        const second = await openTab(context, svc.url, member, { tokens: minter(member, { delayMs: 1500 }) });
+        await allOpen([first, second]);
+        await first.page.close();
+        const id = await publish(svc, member, { during: "the handover" });
+        await everyTabShows([second], [id], `the handover (${member})`);
+        await context.close();
+        await svc.stop();
+      }
+    });
+
+    test("close() while the token is being fetched opens no stream", async () => {
+      const svc = await service();
+      const context = await browserContext();
+      const tab = await openTab(context, svc.url, "closing", { tokens: minter("closing", { delayMs: 1000 }) });
+      await tab.page.evaluate(() => window.feed.close());
+      await sleep(2000);
+      assert.equal(await openStreams(svc), 0);
+      assert.deepEqual((await tab.log()).states, ["closed"]);
+      await context.close();
+      await svc.stop();
+    });
+
+    test("a saved position the service cannot read starts afresh with a reset", async () => {
+      const svc = await service();
+      const context = await browserContext();
+      await context.addInitScript(({ key }) => localStorage.setItem(key, "garbage"), { key: `sse-notify:${svc.url}:${memberId("garbled")}:last` });
+      const tab = await openTab(context, svc.url, "garbled", { tokens: minter("garbled") });
+      await allOpen([tab]);
+      assert.equal((await tab.log()).resets, 1);
+      const id = await publish(svc, "garbled", { n: 1 });
+      await everyTabShows([tab], [id], "live after the fresh start");
+      await context.close();
+      await svc.stop();
     });
 
     test("back online, visible again, or restored from the back/forward cache: reconnects at once", async () => {
