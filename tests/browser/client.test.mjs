@@ -1,4 +1,4 @@
-// The browser client (clients/js/sse-notify.js, CLIENT.md) in a real headless Chromium, imported
+// The browser client (CLIENT.md; its build clients/js/dist/sse-notify.js) in a real headless Chromium, imported
 // from the service (GET /client/sse-notify.js) by pages on another origin. The whole suite runs
 // twice: with tabs sharing one stream (Web Locks, BroadcastChannel), and with those APIs removed,
 // where every tab connects on its own and must behave the same.

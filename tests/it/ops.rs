@@ -367,11 +367,11 @@ async fn the_browser_client_is_served_cacheable_and_readable_from_any_origin() {
     assert_eq!(headers["access-control-allow-origin"], "*");
     let etag = headers["etag"].to_str().unwrap().to_owned();
     let body = response.text().await.unwrap();
-    // The one copy: the file in clients/js, as built in.
+    // The one copy: the package's build in clients/js/dist, as built in.
     assert_eq!(
         body,
-        include_str!("../../clients/js/sse-notify.js"),
-        "served as in clients/js"
+        include_str!("../../clients/js/dist/sse-notify.js"),
+        "served as clients/js/dist has it"
     );
     let again = app
         .client
