@@ -79,6 +79,7 @@ exact = all(r["clients_caught_up_exactly"] == r["members"] for r in pick("replay
 publish = median("publish", "sse-notify", "publishes_per_sec")
 xadd = median("xadd-ceiling", "redis-benchmark", "requests_per_sec")
 lua = median("lua-ceiling", "redis-benchmark", "requests_per_sec")
+lua8 = median("lua-ceiling-x8", "redis-benchmark", "requests_per_sec")
 
 out.append("| target | sse-notify | Nchan (Redis) | ours / Nchan | target | |")
 out.append("|---|---|---|---|---|---|")
@@ -138,9 +139,10 @@ for target in ("sse-notify", "nchan"):
 out.append(f"| max rate: server + Redis CPU per delivered notification (µs) | {fmt(cost['sse-notify'])} | {fmt(cost['nchan'])} | {fmt_ratio(ratio(cost['sse-notify'], cost['nchan']))} |")
 out.append(f"| `redis-benchmark`, 32 clients, 1,000 streams: XADD/s | {fmt(xadd)} | | |")
 out.append(f"| `redis-benchmark`, same: `publish.lua` alone (EVALSHA)/s | {fmt(lua)} | | |")
+out.append(f"| `redis-benchmark`, same: `publish.lua` with 8 publishes per call, member-appends/s | {fmt(None if lua8 is None else lua8 * 8)} | | |")
 out.append("")
 out.append("Commands (each run starts fresh servers on free loopback ports): `bench/run.sh SCENARIO` for "
-           "sse-notify (`bench/run.sh publish` also runs the two `redis-benchmark` ceilings on the same Redis), "
+           "sse-notify (`bench/run.sh publish` also runs the `redis-benchmark` ceilings on the same Redis), "
            "the same `sse-bench SCENARIO --target nchan` for Nchan, with these scenarios:")
 out.append("")
 for scenario in ("idle --streams 10000", "idle --streams 18000",

@@ -118,7 +118,16 @@ row = sys.stdin.read().strip().splitlines()[-1].strip("\"").split("\",\"")[-7:]
 print("RESULT " + json.dumps({"scenario": sys.argv[1], "target": "redis-benchmark", "clients": int(sys.argv[2]), "requests_per_sec": round(float(row[0])), "latency_ms_p50": float(row[3]), "latency_ms_p99": float(row[5])}))' "$name" "$clients"
   }
   ceiling xadd-ceiling XADD 'bench:s:__rand_int__' '*' t bench c "$content"
-  sha="$(redis-cli -p "$redis_port" SCRIPT LOAD "$(cat migrations-lua/publish.lua)")"
+  # The script as the service loads it: the preludes first (src/store/scripts.rs).
+  script="$(cat migrations-lua/_epoch.lua; echo; cat migrations-lua/_read.lua; echo; cat migrations-lua/publish.lua)"
+  sha="$(redis-cli -p "$redis_port" SCRIPT LOAD "$script")"
   ceiling lua-ceiling EVALSHA "$sha" 3 'n:{b}:s:__rand_int__' 'n:{b}:live' 'n:{b}:epoch' \
-    86400000 10000 10000 0 bench "$content" 'member-__rand_int__'
+    86400000 10000 10000 1 0 bench "$content" 'member-__rand_int__' 0-0
+  # One call carrying 8 publishes, as the group commit sends under load (8 member-appends per call).
+  keys=() args=()
+  for _ in 1 2 3 4 5 6 7 8; do
+    keys+=('n:{b}:s:__rand_int__' 'n:{b}:live' 'n:{b}:epoch')
+    args+=(1 0 bench "$content" 'member-__rand_int__' 0-0)
+  done
+  ceiling lua-ceiling-x8 EVALSHA "$sha" 24 "${keys[@]}" 86400000 10000 10000 "${args[@]}"
 fi

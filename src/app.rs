@@ -35,6 +35,10 @@ pub async fn run(
         storage.publish_wait,
     )
     .context("invalid REDIS_URL")?;
+    store.measure_publish_calls(
+        metrics.publish_call_sizes.clone(),
+        metrics.publish_calls_split.clone(),
+    );
     let hub = Hub::new(metrics.clone(), config.limits.max_streams_per_member);
 
     let tasks = TaskTracker::new();

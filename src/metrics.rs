@@ -40,6 +40,8 @@ pub struct Handles {
     pub store_unavailable_subscribes: Counter,
     pub redis_errors: Family<OpLabel, Counter>,
     pub publish_seconds: Histogram,
+    pub publish_call_sizes: Histogram,
+    pub publish_calls_split: Counter,
     pub delivery_seconds: Histogram,
     pub kafka_consumed: Counter,
     pub kafka_stored: Counter,
@@ -75,6 +77,8 @@ impl Metrics {
             redis_errors: Family::default(),
             // 100 µs .. ~3.3 s
             publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            publish_call_sizes: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            publish_calls_split: Counter::default(),
             delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             kafka_consumed: Counter::default(),
             kafka_stored: Counter::default(),
@@ -182,6 +186,16 @@ impl Metrics {
             "publish_duration_seconds",
             "Time to store a publish",
             metrics.publish_seconds.clone(),
+        );
+        registry.register(
+            "publish_call_publishes",
+            "Publishes carried by each publish script call (group commit: concurrent publishes share one)",
+            metrics.publish_call_sizes.clone(),
+        );
+        registry.register(
+            "publish_calls_split",
+            "Shared publish calls refused before writing (a key of another type in Redis) and retried one publish at a time",
+            metrics.publish_calls_split.clone(),
         );
         registry.register(
             "delivery_latency_seconds",

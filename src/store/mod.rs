@@ -9,6 +9,7 @@
 //! On a Redis Cluster every script and pipeline stays inside one partition (one hash slot): a
 //! publish to members of several partitions is one script call per partition, run concurrently.
 
+mod group;
 pub mod keys;
 pub mod legacy;
 mod scripts;
@@ -46,6 +47,12 @@ pub enum StoreError {
     Reply(&'static str),
     #[error("stored, but only {acked} of {wanted} replicas confirmed it in time")]
     NotReplicated { acked: i64, wanted: u32 },
+    /// The failure of a script call that carried this publish with others (group commit).
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
+    /// The group commit ended without answering (it panicked): the call may have been sent.
+    #[error("the publish was abandoned without an answer")]
+    Abandoned,
 }
 
 impl StoreError {
@@ -59,8 +66,15 @@ impl StoreError {
                     || (error.is_connection_dropped() && !error.is_connection_refusal())
             }
             Self::Reply(_) => false,
-            Self::NotReplicated { .. } => true,
+            Self::NotReplicated { .. } | Self::Abandoned => true,
+            Self::Shared(error) => error.outcome_unknown(),
         }
+    }
+
+    /// Whether `publish.lua` refused the call before writing anything (a key of another type):
+    /// then each publish of a shared call can be retried alone.
+    fn refused_before_writing(&self) -> bool {
+        matches!(self, Self::Redis(error) if error.to_string().contains("nothing was stored"))
     }
 }
 
@@ -84,6 +98,32 @@ pub struct Appended {
     pub repeated: usize,
     /// Partitions in which this publish proved that Redis had lost writes the instance saw.
     pub losses_proven: usize,
+}
+
+impl Appended {
+    fn empty(members: usize) -> Self {
+        Self {
+            ids: vec![StreamId::ZERO; members],
+            created: false,
+            repeated: 0,
+            losses_proven: 0,
+        }
+    }
+}
+
+/// One publish's share of a `publish.lua` call (see [`Store::publish_part`]).
+struct PublishPart {
+    keys: Vec<String>,
+    args: Vec<String>,
+    /// Per member, what the instance had seen of its partition when the part was made.
+    seen: Vec<StreamId>,
+}
+
+impl PublishPart {
+    /// What the part adds to a call, roughly: its content and its keys.
+    fn bytes(&self) -> usize {
+        self.args.iter().chain(&self.keys).map(String::len).sum()
+    }
 }
 
 /// The first page of a replay, read in one atomic step with what `recovered` needs.
@@ -139,6 +179,8 @@ struct Inner {
     /// `noeviction`): an evicted member stream would look like one that expired, so no replay
     /// there can be vouched for.
     evicting: [AtomicBool; keys::PARTITIONS],
+    /// Concurrent publishes share script calls (standalone Redis; started on first use).
+    group: group::GroupCommit,
 }
 
 impl Store {
@@ -159,6 +201,7 @@ impl Store {
                 publish_wait,
                 seen: Default::default(),
                 evicting: Default::default(),
+                group: group::GroupCommit::default(),
             }),
         })
     }
@@ -231,12 +274,21 @@ impl Store {
     }
 
     /// Appends one notification to each member's stream and its partition's fan-out stream
-    /// (`publish.lua`). One script call on a standalone Redis: all members or none.
+    /// (`publish.lua`). On a standalone Redis, one script call, all members or none, shared with
+    /// the publishes made at the same moment (group commit: fewer, larger calls under load, none
+    /// delayed when alone). A cluster call per partition, as [`Store::append_batch`].
     pub async fn append(&self, note: &NewNotification<'_>) -> Result<Appended, StoreError> {
-        let mut appended = self.append_batch(std::slice::from_ref(note)).await?;
-        appended
-            .pop()
-            .ok_or(StoreError::Reply("publish pipeline returned nothing"))
+        if self.is_cluster() {
+            let mut appended = self.append_batch(std::slice::from_ref(note)).await?;
+            return appended
+                .pop()
+                .ok_or(StoreError::Reply("publish pipeline returned nothing"));
+        }
+        let members: Vec<&MemberId> = note.members.iter().collect();
+        let written = self.commit(self.publish_part(note, &members)).await?;
+        let mut out = Appended::empty(note.members.len());
+        self.take_written(&mut out, note, written, 0..note.members.len());
+        Ok(out)
     }
 
     /// Appends several notifications in one pipelined round trip, applied in order (Redis runs a
@@ -266,9 +318,9 @@ impl Store {
             };
             for (partition, indexes) in groups {
                 let members: Vec<&MemberId> = indexes.iter().map(|&m| &note.members[m]).collect();
-                let (cmd, seen) = self.publish_command(note, &members);
-                calls.push((partition, cmd));
-                covers.push((n, indexes, seen));
+                let part = self.publish_part(note, &members);
+                calls.push((partition, self.publish_call(std::slice::from_ref(&part))));
+                covers.push((n, indexes, part.seen));
             }
         }
         let replies = self
@@ -276,31 +328,38 @@ impl Store {
             .await?;
         let mut out: Vec<Appended> = notes
             .iter()
-            .map(|note| Appended {
-                ids: vec![StreamId::ZERO; note.members.len()],
-                created: false,
-                repeated: 0,
-                losses_proven: 0,
-            })
+            .map(|note| Appended::empty(note.members.len()))
             .collect();
         for ((n, indexes, seen), reply) in covers.into_iter().zip(replies) {
-            let part = appended(reply, &seen)?;
-            for (written, m) in part.members.into_iter().zip(indexes) {
-                out[n].ids[m] = written.id;
-                let partition = keys::partition_of(&notes[n].members[m]);
-                if let Some(marker) = written.lost_marker {
-                    out[n].losses_proven += 1;
-                    self.forget_lost(partition, written.seen_before, marker);
-                    tracing::warn!(partition, seen = %written.seen_before, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
-                }
-                if let Some(fanout) = written.fanout {
-                    self.see(partition, fanout);
-                }
-            }
-            out[n].created |= part.created;
-            out[n].repeated += part.repeated;
+            let written = appended(reply, &seen)?;
+            self.take_written(&mut out[n], &notes[n], written, indexes);
         }
         Ok(out)
+    }
+
+    /// Records what one script call stored for `members` (indexes into `note.members`): the ids,
+    /// and the fan-out ids and loss markers the instance must remember.
+    fn take_written(
+        &self,
+        out: &mut Appended,
+        note: &NewNotification<'_>,
+        written: ScriptAppended,
+        members: impl IntoIterator<Item = usize>,
+    ) {
+        for (one, m) in written.members.into_iter().zip(members) {
+            out.ids[m] = one.id;
+            let partition = keys::partition_of(&note.members[m]);
+            if let Some(marker) = one.lost_marker {
+                out.losses_proven += 1;
+                self.forget_lost(partition, one.seen_before, marker);
+                tracing::warn!(partition, seen = %one.seen_before, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
+            }
+            if let Some(fanout) = one.fanout {
+                self.see(partition, fanout);
+            }
+        }
+        out.created |= written.created;
+        out.repeated += written.repeated;
     }
 
     /// Runs script calls, each inside one partition, and returns their replies in call order. A
@@ -357,15 +416,24 @@ impl Store {
         Ok(replies)
     }
 
-    /// `EVALSHA publish.lua` for one notification to `members` (key and argument layout: see the
-    /// script's header), and what the instance had seen of each member's partition.
-    fn publish_command(
-        &self,
-        note: &NewNotification<'_>,
-        members: &[&MemberId],
-    ) -> (redis::Cmd, Vec<StreamId>) {
+    /// One publish's share of a `publish.lua` call: its keys and arguments (layout: see the
+    /// script's header) for `members`, and what the instance had seen of each one's partition.
+    fn publish_part(&self, note: &NewNotification<'_>, members: &[&MemberId]) -> PublishPart {
         let per_member = if note.idempotency_key.is_some() { 4 } else { 3 };
         let mut keys = Vec::with_capacity(members.len() * per_member);
+        let mut args = Vec::with_capacity(4 + 2 * members.len());
+        args.extend([
+            members.len().to_string(),
+            if note.idempotency_key.is_some() {
+                "1"
+            } else {
+                "0"
+            }
+            .to_owned(),
+            note.kind.as_str().to_owned(),
+            note.content.to_owned(),
+        ]);
+        let mut seen = Vec::with_capacity(members.len());
         for member in members {
             let partition = keys::partition_of(member);
             keys.extend([
@@ -376,28 +444,28 @@ impl Store {
             if let Some(key) = note.idempotency_key {
                 keys.push(keys::idempotency(member, key.as_str()));
             }
-        }
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(scripts::PUBLISH.get_hash())
-            .arg(keys.len())
-            .arg(keys)
-            .arg(retention_ms(self.inner.retention))
-            .arg(self.inner.max_per_member)
-            .arg(FANOUT_MAXLEN)
-            .arg(if note.idempotency_key.is_some() {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(note.kind.as_str())
-            .arg(note.content);
-        let mut seen = Vec::with_capacity(members.len());
-        for member in members {
-            let partition_seen = self.seen(keys::partition_of(member));
-            cmd.arg(member.as_str()).arg(partition_seen.to_string());
+            let partition_seen = self.seen(partition);
+            args.extend([member.as_str().to_owned(), partition_seen.to_string()]);
             seen.push(partition_seen);
         }
-        (cmd, seen)
+        PublishPart { keys, args, seen }
+    }
+
+    /// `EVALSHA publish.lua` carrying `parts` (each one publish to its members).
+    fn publish_call(&self, parts: &[PublishPart]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(scripts::PUBLISH.get_hash())
+            .arg(parts.iter().map(|part| part.keys.len()).sum::<usize>());
+        for part in parts {
+            cmd.arg(&part.keys);
+        }
+        cmd.arg(retention_ms(self.inner.retention))
+            .arg(self.inner.max_per_member)
+            .arg(FANOUT_MAXLEN);
+        for part in parts {
+            cmd.arg(&part.args);
+        }
+        cmd
     }
 
     /// Runs a pipeline of `EVALSHA` calls of `script`. When Redis answers NOSCRIPT (it restarted or

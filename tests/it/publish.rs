@@ -191,3 +191,79 @@ async fn publish_answers_503_store_unavailable_while_redis_is_down() {
     assert_eq!(json["error"], "store_unavailable");
     app.stop().await;
 }
+
+/// Group commit: concurrent publishes share script calls, and each is still stored exactly once,
+/// all or nothing, with its own ids. A publish that names a key of another type (something else
+/// wrote into our key space) fails alone: the shared call it was in is refused before writing,
+/// then its publishes are retried one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_calls_and_a_refused_one_fails_alone() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    app.publish("bob", json!("creates bob's stream")).await;
+    let bob = redis.cli(&["--scan", "--pattern", "n:*:s:bob"]);
+    redis.cli(&["DEL", &bob]);
+    redis.cli(&["SET", &bob, "not a stream"]);
+
+    let members: Vec<String> = (0..40).map(|m| format!("g{m}")).collect();
+    let mut stored: Vec<Vec<(String, Value)>> = vec![Vec::new(); members.len()];
+    for burst in 0..5 {
+        let publishes = (0..200).map(|i| {
+            let publisher = app.publisher_raw();
+            let (member, to_bob) = if i == 100 {
+                ("bob".to_owned(), true)
+            } else {
+                (members[i % members.len()].clone(), false)
+            };
+            let content = json!({ "burst": burst, "i": i });
+            async move {
+                let body = json!({ "member_ids": [member, "shared"], "content": content });
+                let response = publisher.post_json(body).await;
+                (i, to_bob, content, response)
+            }
+        });
+        for (i, to_bob, content, (status, body)) in futures_util::future::join_all(publishes).await
+        {
+            if to_bob {
+                assert_eq!(status, 503, "bob's publish fails: {body}");
+                assert_eq!(body["error"], "store_unavailable");
+            } else {
+                assert_eq!(status, 201, "publish {i} of burst {burst}: {body}");
+                let id = body["ids"][0].as_str().expect("an id").to_owned();
+                stored[i % members.len()].push((id, content));
+            }
+        }
+        if app.metric("sse_notify_publish_calls_split_total").await >= 1.0 {
+            break;
+        }
+    }
+    assert!(
+        app.metric("sse_notify_publish_calls_split_total").await >= 1.0,
+        "bob's publish was never in a shared call in five bursts"
+    );
+    let calls = app.metric("sse_notify_publish_call_publishes_count").await;
+    let carried = app.metric("sse_notify_publish_call_publishes_sum").await;
+    assert!(
+        calls < carried,
+        "no call carried two publishes: {calls} calls for {carried}"
+    );
+
+    // Each member holds exactly what it was answered, once; bob's publish stored nothing, not
+    // even for the other member it named.
+    let total: usize = stored.iter().map(Vec::len).sum();
+    for (member, expected) in members.iter().zip(&mut stored) {
+        let (status, page) = app.get_json("/notifications?limit=1000", member).await;
+        assert_eq!(status, 200);
+        let got: Vec<(String, Value)> = page["notifications"]
+            .as_array()
+            .expect("notifications")
+            .iter()
+            .map(|n| (n["id"].as_str().unwrap().to_owned(), n["content"].clone()))
+            .collect();
+        expected.sort_by_key(|(id, _)| crate::support::id_order(id));
+        assert_eq!(&got, expected, "member {member}");
+    }
+    let (_, shared) = app.get_json("/notifications?limit=1000", "shared").await;
+    assert_eq!(shared["notifications"].as_array().unwrap().len(), total);
+    app.stop().await;
+}

@@ -224,6 +224,20 @@ pub struct RawPublisher {
 }
 
 impl RawPublisher {
+    /// Publishes `body` without an idempotency key: the status and the JSON answer.
+    pub async fn post_json(&self, body: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/notifications", self.url))
+            .bearer_auth(PUBLISH_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("publish request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
     /// The first id on 200/201; `None` on 503, 504 or a failed request; panics on anything else.
     pub async fn post(&self, body: Value, idempotency_key: &str) -> Option<String> {
         let response = self

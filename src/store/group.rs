@@ -1,0 +1,153 @@
+//! Group commit: on a standalone Redis, the publishes made at the same moment share one
+//! `publish.lua` call. Redis's cost is mostly per call (script entry, `TIME`, the epoch check,
+//! the fan-out tail), so under load a call for 8 publishes costs little more than one; alone, a
+//! publish goes out at once.
+//!
+//! One task gathers them: it waits for a publish and for one of `IN_FLIGHT` call slots, then takes
+//! every publish queued meanwhile (up to `MAX_MEMBERS` members or `MAX_BYTES`) into one call. While
+//! the slots are busy, publishes queue, so batches grow with the load by themselves; no timer
+//! ever holds one back. The call is atomic, so each publish stays all or nothing. Publishes that
+//! are concurrent have no order between them; one publisher's next publish waits for the answer to
+//! its last, so it is never in an earlier call.
+//!
+//! When the script refuses a call before writing (a key of another type), the call's publishes
+//! are retried one by one, so only the publish that names the key fails. Any other failure (a
+//! timeout, a lost connection, replicas missing) is every publish's failure, as it would be alone.
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use redis::Value;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Inner, PublishPart, ScriptAppended, Store, StoreError, appended, scripts};
+
+/// Calls in flight at once: while they run, the next call gathers what arrives.
+const IN_FLIGHT: usize = 4;
+/// Members one call carries, at most (one publish to more than this still goes out whole).
+const MAX_MEMBERS: usize = 256;
+/// Bytes of keys and arguments one call carries, at most (likewise).
+const MAX_BYTES: usize = 1 << 20;
+/// Publishes waiting for a call; beyond, a publisher waits to enqueue.
+const QUEUE: usize = 4096;
+
+/// The queue to the gathering task, started on the first publish (a runtime exists by then).
+#[derive(Default)]
+pub(super) struct GroupCommit {
+    queue: OnceLock<mpsc::Sender<Job>>,
+    metrics: OnceLock<CallMetrics>,
+}
+
+/// Publishes per call, and shared calls refused and split (the instance's metrics).
+struct CallMetrics {
+    sizes: Histogram,
+    split: Counter,
+}
+
+struct Job {
+    part: PublishPart,
+    answer: oneshot::Sender<Result<ScriptAppended, StoreError>>,
+}
+
+impl Store {
+    /// Where the group commit reports the publishes per call and the calls split (set once).
+    pub fn measure_publish_calls(&self, sizes: Histogram, split: Counter) {
+        let _ = self.inner.group.metrics.set(CallMetrics { sizes, split });
+    }
+
+    /// Stores one publish through a shared script call; its part of the reply.
+    pub(super) async fn commit(&self, part: PublishPart) -> Result<ScriptAppended, StoreError> {
+        let queue = self.inner.group.queue.get_or_init(|| {
+            let (queue, jobs) = mpsc::channel(QUEUE);
+            tokio::spawn(gather(Arc::downgrade(&self.inner), jobs));
+            queue
+        });
+        let (answer, answered) = oneshot::channel();
+        queue
+            .send(Job { part, answer })
+            .await
+            .map_err(|_| StoreError::Reply("the group commit has stopped"))?;
+        answered.await.map_err(|_| StoreError::Abandoned)?
+    }
+
+    /// Sends one call for `jobs` and answers each of them.
+    async fn commit_jobs(&self, jobs: Vec<Job>) {
+        let (parts, answers): (Vec<PublishPart>, Vec<_>) =
+            jobs.into_iter().map(|job| (job.part, job.answer)).unzip();
+        match self.call(&parts).await {
+            Err(error) if parts.len() > 1 && error.refused_before_writing() => {
+                if let Some(metrics) = self.inner.group.metrics.get() {
+                    metrics.split.inc();
+                }
+                tracing::warn!(publishes = parts.len(), %error, "a shared publish call was refused; retrying its publishes one by one");
+                let alone = parts
+                    .iter()
+                    .map(|part| self.call(std::slice::from_ref(part)));
+                let results = futures_util::future::join_all(alone).await;
+                for ((result, part), answer) in results.into_iter().zip(&parts).zip(answers) {
+                    let _ = answer.send(result.and_then(|mut replies| {
+                        let reply = replies.pop().unwrap_or(Value::Nil);
+                        appended(reply, &part.seen)
+                    }));
+                }
+            }
+            Err(error) => {
+                let error = Arc::new(error);
+                for answer in answers {
+                    let _ = answer.send(Err(StoreError::Shared(Arc::clone(&error))));
+                }
+            }
+            Ok(mut replies) => {
+                let Some(Value::Array(values)) = replies.pop() else {
+                    for answer in answers {
+                        let _ = answer.send(Err(StoreError::Reply(
+                            "publish script did not return an array",
+                        )));
+                    }
+                    return;
+                };
+                let mut values = values.into_iter();
+                for (part, answer) in parts.iter().zip(answers) {
+                    let mine: Vec<Value> = values.by_ref().take(4 * part.seen.len()).collect();
+                    let _ = answer.send(appended(Value::Array(mine), &part.seen));
+                }
+            }
+        }
+    }
+
+    /// One `publish.lua` call for `parts` (with `WAIT` when configured).
+    async fn call(&self, parts: &[PublishPart]) -> Result<Vec<Value>, StoreError> {
+        if let Some(metrics) = self.inner.group.metrics.get() {
+            metrics.sizes.observe(parts.len() as f64);
+        }
+        let call = self.publish_call(parts);
+        self.run_partitioned(vec![(0, call)], &scripts::PUBLISH, self.inner.publish_wait)
+            .await
+    }
+}
+
+/// The gathering task; ends when the store is gone.
+async fn gather(store: Weak<Inner>, mut jobs: mpsc::Receiver<Job>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = jobs.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut members = first.part.seen.len();
+        let mut bytes = first.part.bytes();
+        let mut batch = vec![first];
+        while members < MAX_MEMBERS && bytes < MAX_BYTES {
+            let Ok(job) = jobs.try_recv() else { break };
+            members += job.part.seen.len();
+            bytes += job.part.bytes();
+            batch.push(job);
+        }
+        let Some(inner) = store.upgrade() else { return };
+        let store = Store { inner };
+        tokio::spawn(async move {
+            store.commit_jobs(batch).await;
+            drop(slot);
+        });
+    }
+}
