@@ -99,6 +99,14 @@ if [ ${#cluster_ports[@]} -gt 0 ]; then
   echo "RESULT {\"scenario\": \"cluster-connections\", \"target\": \"sse-notify\", \"redis_connections\": $connections}"
 fi
 
+# After HTTP publishing: how many publishes each publish.lua call carried (group commit).
+if [ "${1:-}" = publish ]; then
+  curl -fsS "http://127.0.0.1:$port/metrics" | python3 -c 'import json, sys
+m = {l.split()[0]: float(l.split()[1]) for l in sys.stdin if l.startswith("sse_notify_publish_call_publishes_")}
+calls, carried = m.get("sse_notify_publish_call_publishes_count", 0), m.get("sse_notify_publish_call_publishes_sum", 0)
+print("RESULT " + json.dumps({"scenario": "publish-calls", "target": "sse-notify", "calls": calls, "publishes": carried, "publishes_per_call": round(carried / calls, 2) if calls else None}))'
+fi
+
 # After HTTP publishing: the same Redis's ceiling, from redis-benchmark with as many clients as
 # publishers, over 1,000 streams. First a bare XADD, then publish.lua alone (what one HTTP publish
 # asks of Redis), so the report can say where the time goes.

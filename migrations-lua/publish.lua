@@ -63,15 +63,20 @@ if arg ~= #ARGV + 1 or key ~= #KEYS + 1 then
   return redis.error_reply('ERR publish.lua: arguments do not match the key count; nothing was stored')
 end
 
+-- Each key once: the partition keys (fan-out stream, epoch) recur for every member there.
 local expected = { 'stream', 'stream', 'hash', 'string' }
+local checked = {}
 for _, p in ipairs(publishes) do
   for i = 0, p.n * p.per - 1 do
     local k = KEYS[p.key + i]
-    local kind_of = redis.call('TYPE', k).ok
-    local want = expected[i % p.per + 1]
-    if kind_of ~= 'none' and kind_of ~= want then
-      return redis.error_reply('WRONGTYPE key ' .. k .. ' holds a ' .. kind_of .. ', not a '
-        .. want .. '; nothing was stored')
+    if not checked[k] then
+      checked[k] = true
+      local kind_of = redis.call('TYPE', k).ok
+      local want = expected[i % p.per + 1]
+      if kind_of ~= 'none' and kind_of ~= want then
+        return redis.error_reply('WRONGTYPE key ' .. k .. ' holds a ' .. kind_of .. ', not a '
+          .. want .. '; nothing was stored')
+      end
     end
   end
 end
