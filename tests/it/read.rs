@@ -18,16 +18,8 @@ async fn unread(app: &TestApp, member: &str) -> Value {
 
 /// `POST /notifications/read` with `body`, as `bearer`; the status and the JSON answer.
 async fn mark(app: &TestApp, bearer: &str, body: Value) -> (u16, Value) {
-    let response = app
-        .client
-        .post(format!("{}/notifications/read", app.url))
-        .bearer_auth(bearer)
-        .json(&body)
-        .send()
-        .await
-        .expect("a well-formed answer");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
+    let url = format!("{}/notifications/read", app.url);
+    crate::support::app::post_json(&app.client, &url, bearer, body).await
 }
 
 fn state(read_up_to: &str, unread: u64, as_of: &str) -> Value {

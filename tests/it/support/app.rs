@@ -226,16 +226,13 @@ pub struct RawPublisher {
 impl RawPublisher {
     /// Publishes `body` without an idempotency key: the status and the JSON answer.
     pub async fn post_json(&self, body: Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(format!("{}/notifications", self.url))
-            .bearer_auth(PUBLISH_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .expect("publish request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or_default())
+        post_json(
+            &self.client,
+            &format!("{}/notifications", self.url),
+            PUBLISH_TOKEN,
+            body,
+        )
+        .await
     }
 
     /// The first id on 200/201; `None` on 503, 504 or a failed request; panics on anything else.
@@ -284,6 +281,24 @@ impl Publisher {
 }
 
 /// A member token valid for an hour.
+/// `POST url` with a JSON `body` as `bearer`: the status and the JSON answer (null if none).
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    bearer: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = client
+        .post(url)
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .expect("a well-formed answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
 pub fn token(member: &str) -> String {
     token_with(json!({ "sub": member, "exp": now_secs() + 3600 }))
 }
