@@ -13,8 +13,13 @@
 //! When the script refuses a call before writing (a key of another type), the call's publishes
 //! are retried one by one, so only the publish that names the key fails. Any other failure (a
 //! timeout, a lost connection, replicas missing) is every publish's failure, as it would be alone.
+//! A publish whose publisher has gone is not sent; one that waited `QUEUE_DEADLINE` for a call
+//! (Redis far slower than the load) is answered "unavailable" unsent, rather than stored after
+//! its publisher timed out. What the instance has seen of each partition is read when the call is
+//! made, not when the publish was queued, so a wait never sends a stale one.
 
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -31,6 +36,8 @@ const MAX_MEMBERS: usize = 256;
 const MAX_BYTES: usize = 1 << 20;
 /// Publishes waiting for a call; beyond, a publisher waits to enqueue.
 const QUEUE: usize = 4096;
+/// How long a publish may wait for a call before it is answered unsent.
+const QUEUE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The queue to the gathering task, started on the first publish (a runtime exists by then).
 #[derive(Default)]
@@ -48,6 +55,22 @@ struct CallMetrics {
 struct Job {
     part: PublishPart,
     answer: oneshot::Sender<Result<ScriptAppended, StoreError>>,
+    queued: Instant,
+}
+
+impl Job {
+    /// The job, if it still goes out: its publisher waits, and has not waited too long (then it
+    /// is answered here, nothing sent).
+    fn wanted(self) -> Option<Self> {
+        if self.answer.is_closed() {
+            return None;
+        }
+        if self.queued.elapsed() > QUEUE_DEADLINE {
+            let _ = self.answer.send(Err(StoreError::Busy));
+            return None;
+        }
+        Some(self)
+    }
 }
 
 impl Store {
@@ -64,60 +87,69 @@ impl Store {
             queue
         });
         let (answer, answered) = oneshot::channel();
+        let job = Job {
+            part,
+            answer,
+            queued: Instant::now(),
+        };
         queue
-            .send(Job { part, answer })
+            .send(job)
             .await
             .map_err(|_| StoreError::Reply("the group commit has stopped"))?;
         answered.await.map_err(|_| StoreError::Abandoned)?
     }
 
-    /// Sends one call for `jobs` and answers each of them.
+    /// Sends one call for `jobs` and answers each of them; what the writes taught the instance
+    /// is remembered first, even for a publisher that has gone meanwhile.
     async fn commit_jobs(&self, jobs: Vec<Job>) {
-        let (parts, answers): (Vec<PublishPart>, Vec<_>) =
+        let (mut parts, answers): (Vec<PublishPart>, Vec<_>) =
             jobs.into_iter().map(|job| (job.part, job.answer)).unzip();
-        match self.call(&parts).await {
+        let results: Vec<Result<ScriptAppended, StoreError>> = match self.call(&mut parts).await {
             Err(error) if parts.len() > 1 && error.refused_before_writing() => {
                 if let Some(metrics) = self.inner.group.metrics.get() {
                     metrics.split.inc();
                 }
                 tracing::warn!(publishes = parts.len(), %error, "a shared publish call was refused; retrying its publishes one by one");
-                let alone = parts
-                    .iter()
-                    .map(|part| self.call(std::slice::from_ref(part)));
-                let results = futures_util::future::join_all(alone).await;
-                for ((result, part), answer) in results.into_iter().zip(&parts).zip(answers) {
-                    let _ = answer.send(result.and_then(|mut replies| {
-                        let reply = replies.pop().unwrap_or(Value::Nil);
-                        appended(reply, &part.seen)
-                    }));
-                }
+                let alone = parts.iter_mut().map(|part| async move {
+                    let mut replies = self.call(std::slice::from_mut(part)).await?;
+                    appended(replies.pop().unwrap_or(Value::Nil), &part.seen)
+                });
+                futures_util::future::join_all(alone).await
             }
             Err(error) => {
                 let error = Arc::new(error);
-                for answer in answers {
-                    let _ = answer.send(Err(StoreError::Shared(Arc::clone(&error))));
-                }
+                parts
+                    .iter()
+                    .map(|_| Err(StoreError::Shared(Arc::clone(&error))))
+                    .collect()
             }
-            Ok(mut replies) => {
-                let Some(Value::Array(values)) = replies.pop() else {
-                    for answer in answers {
-                        let _ = answer.send(Err(StoreError::Reply(
-                            "publish script did not return an array",
-                        )));
-                    }
-                    return;
-                };
-                let mut values = values.into_iter();
-                for (part, answer) in parts.iter().zip(answers) {
-                    let mine: Vec<Value> = values.by_ref().take(4 * part.seen.len()).collect();
-                    let _ = answer.send(appended(Value::Array(mine), &part.seen));
+            Ok(mut replies) => match replies.pop() {
+                Some(Value::Array(values)) => {
+                    let mut values = values.into_iter();
+                    parts
+                        .iter()
+                        .map(|part| {
+                            let mine = values.by_ref().take(4 * part.seen.len()).collect();
+                            appended(Value::Array(mine), &part.seen)
+                        })
+                        .collect()
                 }
+                _ => parts
+                    .iter()
+                    .map(|_| Err(StoreError::Reply("publish script did not return an array")))
+                    .collect(),
+            },
+        };
+        for (result, answer) in results.into_iter().zip(answers) {
+            if let Ok(written) = &result {
+                self.remember(written);
             }
+            let _ = answer.send(result);
         }
     }
 
     /// One `publish.lua` call for `parts` (with `WAIT` when configured).
-    async fn call(&self, parts: &[PublishPart]) -> Result<Vec<Value>, StoreError> {
+    async fn call(&self, parts: &mut [PublishPart]) -> Result<Vec<Value>, StoreError> {
         if let Some(metrics) = self.inner.group.metrics.get() {
             metrics.sizes.observe(parts.len() as f64);
         }
@@ -130,17 +162,33 @@ impl Store {
 /// The gathering task; ends when the store is gone.
 async fn gather(store: Weak<Inner>, mut jobs: mpsc::Receiver<Job>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = jobs.recv().await {
+    let mut carried: Option<Job> = None; // the one that did not fit in the last call
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut members = first.part.seen.len();
+        let Some(first) = first.wanted() else {
+            continue;
+        };
+        let mut members = first.part.members.len();
         let mut bytes = first.part.bytes();
         let mut batch = vec![first];
-        while members < MAX_MEMBERS && bytes < MAX_BYTES {
-            let Ok(job) = jobs.try_recv() else { break };
-            members += job.part.seen.len();
-            bytes += job.part.bytes();
+        while let Ok(job) = jobs.try_recv() {
+            let Some(job) = job.wanted() else { continue };
+            let (more, size) = (job.part.members.len(), job.part.bytes());
+            if members + more > MAX_MEMBERS || bytes + size > MAX_BYTES {
+                carried = Some(job);
+                break;
+            }
+            members += more;
+            bytes += size;
             batch.push(job);
         }
         let Some(inner) = store.upgrade() else { return };

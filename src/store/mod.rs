@@ -53,6 +53,10 @@ pub enum StoreError {
     /// The group commit ended without answering (it panicked): the call may have been sent.
     #[error("the publish was abandoned without an answer")]
     Abandoned,
+    /// The publish waited too long for a script call and was not sent (Redis is far slower than
+    /// the load): nothing was stored.
+    #[error("redis is too slow for the load: the publish waited too long and was not sent")]
+    Busy,
 }
 
 impl StoreError {
@@ -65,7 +69,7 @@ impl StoreError {
                 error.is_timeout()
                     || (error.is_connection_dropped() && !error.is_connection_refusal())
             }
-            Self::Reply(_) => false,
+            Self::Reply(_) | Self::Busy => false,
             Self::NotReplicated { .. } | Self::Abandoned => true,
             Self::Shared(error) => error.outcome_unknown(),
         }
@@ -114,15 +118,29 @@ impl Appended {
 /// One publish's share of a `publish.lua` call (see [`Store::publish_part`]).
 struct PublishPart {
     keys: Vec<String>,
+    /// The publish's own arguments: member count, idempotency flag, type, content.
     args: Vec<String>,
-    /// Per member, what the instance had seen of its partition when the part was made.
-    seen: Vec<StreamId>,
+    /// Each member, and its partition.
+    members: Vec<(String, usize)>,
+    /// Per member, its partition and what the instance had seen of it when the call was made
+    /// (set by [`Store::publish_call`]).
+    seen: Vec<(usize, StreamId)>,
 }
 
 impl PublishPart {
-    /// What the part adds to a call, roughly: its content and its keys.
+    /// What the part adds to a call, roughly: its content, its keys and its members.
     fn bytes(&self) -> usize {
-        self.args.iter().chain(&self.keys).map(String::len).sum()
+        let members: usize = self
+            .members
+            .iter()
+            .map(|(member, _)| member.len() + 24)
+            .sum();
+        self.args
+            .iter()
+            .chain(&self.keys)
+            .map(String::len)
+            .sum::<usize>()
+            + members
     }
 }
 
@@ -287,7 +305,7 @@ impl Store {
         let members: Vec<&MemberId> = note.members.iter().collect();
         let written = self.commit(self.publish_part(note, &members)).await?;
         let mut out = Appended::empty(note.members.len());
-        self.take_written(&mut out, note, written, 0..note.members.len());
+        take_ids(&mut out, written, 0..note.members.len());
         Ok(out)
     }
 
@@ -318,8 +336,11 @@ impl Store {
             };
             for (partition, indexes) in groups {
                 let members: Vec<&MemberId> = indexes.iter().map(|&m| &note.members[m]).collect();
-                let part = self.publish_part(note, &members);
-                calls.push((partition, self.publish_call(std::slice::from_ref(&part))));
+                let mut part = self.publish_part(note, &members);
+                calls.push((
+                    partition,
+                    self.publish_call(std::slice::from_mut(&mut part)),
+                ));
                 covers.push((n, indexes, part.seen));
             }
         }
@@ -332,34 +353,24 @@ impl Store {
             .collect();
         for ((n, indexes, seen), reply) in covers.into_iter().zip(replies) {
             let written = appended(reply, &seen)?;
-            self.take_written(&mut out[n], &notes[n], written, indexes);
+            self.remember(&written);
+            take_ids(&mut out[n], written, indexes);
         }
         Ok(out)
     }
 
-    /// Records what one script call stored for `members` (indexes into `note.members`): the ids,
-    /// and the fan-out ids and loss markers the instance must remember.
-    fn take_written(
-        &self,
-        out: &mut Appended,
-        note: &NewNotification<'_>,
-        written: ScriptAppended,
-        members: impl IntoIterator<Item = usize>,
-    ) {
-        for (one, m) in written.members.into_iter().zip(members) {
-            out.ids[m] = one.id;
-            let partition = keys::partition_of(&note.members[m]);
+    /// What the instance must remember of a call's writes, as soon as it is answered (even if the
+    /// publisher has gone): the fan-out ids it wrote, and the losses it proved.
+    fn remember(&self, written: &ScriptAppended) {
+        for one in &written.members {
             if let Some(marker) = one.lost_marker {
-                out.losses_proven += 1;
-                self.forget_lost(partition, one.seen_before, marker);
-                tracing::warn!(partition, seen = %one.seen_before, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
+                self.forget_lost(one.partition, one.seen_before, marker);
+                tracing::warn!(partition = one.partition, seen = %one.seen_before, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
             }
             if let Some(fanout) = one.fanout {
-                self.see(partition, fanout);
+                self.see(one.partition, fanout);
             }
         }
-        out.created |= written.created;
-        out.repeated += written.repeated;
     }
 
     /// Runs script calls, each inside one partition, and returns their replies in call order. A
@@ -416,24 +427,12 @@ impl Store {
         Ok(replies)
     }
 
-    /// One publish's share of a `publish.lua` call: its keys and arguments (layout: see the
-    /// script's header) for `members`, and what the instance had seen of each one's partition.
+    /// One publish's share of a `publish.lua` call (layout: see the script's header): its keys,
+    /// its own arguments and its members.
     fn publish_part(&self, note: &NewNotification<'_>, members: &[&MemberId]) -> PublishPart {
         let per_member = if note.idempotency_key.is_some() { 4 } else { 3 };
         let mut keys = Vec::with_capacity(members.len() * per_member);
-        let mut args = Vec::with_capacity(4 + 2 * members.len());
-        args.extend([
-            members.len().to_string(),
-            if note.idempotency_key.is_some() {
-                "1"
-            } else {
-                "0"
-            }
-            .to_owned(),
-            note.kind.as_str().to_owned(),
-            note.content.to_owned(),
-        ]);
-        let mut seen = Vec::with_capacity(members.len());
+        let mut with_partitions = Vec::with_capacity(members.len());
         for member in members {
             let partition = keys::partition_of(member);
             keys.extend([
@@ -444,19 +443,36 @@ impl Store {
             if let Some(key) = note.idempotency_key {
                 keys.push(keys::idempotency(member, key.as_str()));
             }
-            let partition_seen = self.seen(partition);
-            args.extend([member.as_str().to_owned(), partition_seen.to_string()]);
-            seen.push(partition_seen);
+            with_partitions.push((member.as_str().to_owned(), partition));
         }
-        PublishPart { keys, args, seen }
+        let args = vec![
+            members.len().to_string(),
+            if note.idempotency_key.is_some() {
+                "1"
+            } else {
+                "0"
+            }
+            .to_owned(),
+            note.kind.as_str().to_owned(),
+            note.content.to_owned(),
+        ];
+        PublishPart {
+            keys,
+            args,
+            members: with_partitions,
+            seen: Vec::new(),
+        }
     }
 
-    /// `EVALSHA publish.lua` carrying `parts` (each one publish to its members).
-    fn publish_call(&self, parts: &[PublishPart]) -> redis::Cmd {
+    /// `EVALSHA publish.lua` carrying `parts` (each one publish to its members). What the
+    /// instance has seen of each partition is read now, once per partition: every member there
+    /// carries the newest, however long its publish waited to be sent.
+    fn publish_call(&self, parts: &mut [PublishPart]) -> redis::Cmd {
+        let mut seen: BTreeMap<usize, StreamId> = BTreeMap::new();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(scripts::PUBLISH.get_hash())
             .arg(parts.iter().map(|part| part.keys.len()).sum::<usize>());
-        for part in parts {
+        for part in parts.iter() {
             cmd.arg(&part.keys);
         }
         cmd.arg(retention_ms(self.inner.retention))
@@ -464,6 +480,14 @@ impl Store {
             .arg(FANOUT_MAXLEN);
         for part in parts {
             cmd.arg(&part.args);
+            part.seen.clear();
+            for (member, partition) in &part.members {
+                let newest = *seen
+                    .entry(*partition)
+                    .or_insert_with(|| self.seen(*partition));
+                cmd.arg(member).arg(newest.to_string());
+                part.seen.push((*partition, newest));
+            }
         }
         cmd
     }
@@ -856,12 +880,13 @@ struct Written {
     fanout: Option<StreamId>,
     /// The loss marker appended before it, when the script proved that Redis lost writes.
     lost_marker: Option<StreamId>,
-    /// What the instance had seen of the partition when it sent the call.
+    /// Its partition, and what the instance had seen of it when it sent the call.
+    partition: usize,
     seen_before: StreamId,
 }
 
 /// Parses the script's `{id, repeated, fan-out id, loss marker, id, ...}`.
-fn appended(reply: Value, seen_before: &[StreamId]) -> Result<ScriptAppended, StoreError> {
+fn appended(reply: Value, seen_before: &[(usize, StreamId)]) -> Result<ScriptAppended, StoreError> {
     let Value::Array(reply) = reply else {
         return Err(StoreError::Reply("publish script did not return an array"));
     };
@@ -875,7 +900,7 @@ fn appended(reply: Value, seen_before: &[StreamId]) -> Result<ScriptAppended, St
         created: false,
         repeated: 0,
     };
-    for (four, &seen_before) in reply.chunks_exact(4).zip(seen_before) {
+    for (four, &(partition, seen_before)) in reply.chunks_exact(4).zip(seen_before) {
         match four[1] {
             Value::Int(0) => appended.created = true,
             _ => appended.repeated += 1,
@@ -884,10 +909,21 @@ fn appended(reply: Value, seen_before: &[StreamId]) -> Result<ScriptAppended, St
             id: stream_id(&four[0])?,
             fanout: optional_id(&four[2])?,
             lost_marker: optional_id(&four[3])?,
+            partition,
             seen_before,
         });
     }
     Ok(appended)
+}
+
+/// Puts a call's ids for `members` (indexes into the publish's members) into `out`.
+fn take_ids(out: &mut Appended, written: ScriptAppended, members: impl IntoIterator<Item = usize>) {
+    for (one, m) in written.members.into_iter().zip(members) {
+        out.ids[m] = one.id;
+        out.losses_proven += usize::from(one.lost_marker.is_some());
+    }
+    out.created |= written.created;
+    out.repeated += written.repeated;
 }
 
 fn retention_ms(retention: Duration) -> u64 {
