@@ -36,8 +36,10 @@ end
 -- oldest entries, and each entry records its predecessor (`p`), so an id missing from the stream
 -- was trimmed only if it is at or before the oldest entry's predecessor; an oldest entry with
 -- no predecessor (`0-0`) began a new stream, and an empty stream holds nothing at all.
-local function lost_seen(fanout_key, seen)
-  if seen == '0-0' or #redis.call('XRANGE', fanout_key, seen, seen) == 1 then
+-- `tail` is the stream's newest id when the caller read it already (else nil): the common case,
+-- an instance that saw the newest entry, then needs no lookup.
+local function lost_seen(fanout_key, seen, tail)
+  if seen == '0-0' or seen == tail or #redis.call('XRANGE', fanout_key, seen, seen) == 1 then
     return false
   end
   local oldest = redis.call('XRANGE', fanout_key, '-', '+', 'COUNT', 1)[1]
@@ -60,9 +62,13 @@ end
 --
 -- The hash keeps the `evidence` of the last proven loss, so calls that carry the same evidence
 -- (a pipeline of publishes built before the first of them proved the loss) move nothing again.
-local function confirm_epoch(epoch_key, fanout_key, seen, now_ms, lost)
-  local ms, evidence = unpack(redis.call('HMGET', epoch_key, 'ms', 'evidence'))
-  local proven = lost == '1' or (seen ~= evidence and lost_seen(fanout_key, seen))
+--
+-- `read`, when the caller read them already: {the HMGET of `ms` and `evidence`, the fan-out
+-- stream's newest id ('0-0' if none)}.
+local function confirm_epoch(epoch_key, fanout_key, seen, now_ms, lost, read)
+  local fields = read and read[1] or redis.call('HMGET', epoch_key, 'ms', 'evidence')
+  local ms, evidence = fields[1], fields[2]
+  local proven = lost == '1' or (seen ~= evidence and lost_seen(fanout_key, seen, read and read[2]))
   if ms and not proven then
     return ms, false
   end
@@ -71,7 +77,10 @@ local function confirm_epoch(epoch_key, fanout_key, seen, now_ms, lost)
     return now_ms, false
   end
   redis.call('HSET', epoch_key, 'ms', now_ms, 'origin', 'lost', 'evidence', lost == '1' and '' or seen)
-  local last = redis.call('XREVRANGE', fanout_key, '+', '-', 'COUNT', 1)[1]
-  local tail = last and last[1] or '0-0'
+  local tail = read and read[2]
+  if not tail then
+    local last = redis.call('XREVRANGE', fanout_key, '+', '-', 'COUNT', 1)[1]
+    tail = last and last[1] or '0-0'
+  end
   return now_ms, redis.call('XADD', fanout_key, '*', 'p', tail, 'lost', '1')
 end

@@ -34,6 +34,12 @@
 -- into our key space) fails the whole call with an error naming it, and nothing is stored (the
 -- instance then retries the call's publishes one by one, so only the one that names it fails).
 --
+-- Trimming by age and renewing the expiry are upkeep, done by the first append whose id falls in a
+-- new upkeep interval of its stream (a twentieth of the window, at most a minute), not by every
+-- append: readers clamp to the window themselves (src/recovery.rs), so what lingers until the next
+-- trim is never served, and the expiry is set one interval past the window from the interval's
+-- first id, so it outlives every append of that interval by at least the retention.
+--
 -- Each member entry stores `p`, the id of the entry it followed, so a reader can prove that nothing
 -- between a client's position and the next retained entry was trimmed (API.md, `recovered`), and
 -- `o`, its ordinal, so unread counts need no scan (see _read.lua). Each fan-out entry stores `p`
@@ -44,8 +50,13 @@ local retention_ms = tonumber(ARGV[1])
 local now = redis_now_ms()
 local now_ms = tonumber(now)
 local min_id = string.format('%.0f-0', now_ms - retention_ms)
--- Without a stream, no entry newer than now - retention can have existed (expiry = retention).
+-- Without a stream, no entry newer than now - retention can have existed (the expiry is at least
+-- the retention after the last append).
 local expired_prev = string.format('%.0f-0', now_ms - retention_ms + 1)
+local upkeep_ms = math.max(1, math.min(60000, math.floor(retention_ms / 20)))
+local function upkeep_interval(id)
+  return math.floor(id_parts(id) / upkeep_ms)
+end
 
 -- The publishes: where each one's keys and member arguments start.
 local publishes = {}
@@ -63,24 +74,34 @@ if arg ~= #ARGV + 1 or key ~= #KEYS + 1 then
   return redis.error_reply('ERR publish.lua: arguments do not match the key count; nothing was stored')
 end
 
--- Each key once: the partition keys (fan-out stream, epoch) recur for every member there.
-local expected = { 'stream', 'stream', 'hash', 'string' }
-local checked = {}
+-- Every read first, each key once (the partition keys recur for every member there): they double
+-- as the type check, so a key of another type fails the call before its first write.
+local reads = {}
+local function read_once(k, role, command, ...)
+  if reads[k] == nil then
+    local reply = redis.pcall(command, k, ...)
+    if type(reply) == 'table' and reply.err then
+      return redis.error_reply('WRONGTYPE key ' .. k .. ' is not the ' .. role .. ' it should be ('
+        .. reply.err .. '); nothing was stored')
+    end
+    reads[k] = reply
+  end
+end
 for _, p in ipairs(publishes) do
-  for i = 0, p.n * p.per - 1 do
-    local k = KEYS[p.key + i]
-    if not checked[k] then
-      checked[k] = true
-      local kind_of = redis.call('TYPE', k).ok
-      local want = expected[i % p.per + 1]
-      if kind_of ~= 'none' and kind_of ~= want then
-        return redis.error_reply('WRONGTYPE key ' .. k .. ' holds a ' .. kind_of .. ', not a '
-          .. want .. '; nothing was stored')
-      end
+  for i = 0, p.n - 1 do
+    local base = p.key + i * p.per
+    local failed = read_once(KEYS[base], 'member stream', 'XREVRANGE', '+', '-', 'COUNT', 1)
+      or read_once(KEYS[base + 1], 'fan-out stream', 'XREVRANGE', '+', '-', 'COUNT', 1)
+      or read_once(KEYS[base + 2], 'epoch hash', 'HMGET', 'ms', 'evidence')
+      or (p.per == 4 and read_once(KEYS[base + 3], 'idempotency record', 'GET'))
+    if failed then
+      return failed
     end
   end
 end
 
+-- Then the writes. A stream's `reads` entry stays its newest entry (in XREVRANGE's shape), and a
+-- partition's `live_prev` the newest fan-out id, as this call appends.
 local live_prev = {}
 local result = {}
 for _, p in ipairs(publishes) do
@@ -90,7 +111,7 @@ for _, p in ipairs(publishes) do
     local stream, live, epoch = KEYS[base], KEYS[base + 1], KEYS[base + 2]
     local idem = p.per == 4 and KEYS[base + 3] or nil
     local member, seen = ARGV[p.arg + 2 * i], ARGV[p.arg + 2 * i + 1]
-    local existing = idem and redis.call('GET', idem)
+    local existing = idem and reads[idem]
     if existing then
       result[#result + 1] = existing
       result[#result + 1] = 1
@@ -99,23 +120,30 @@ for _, p in ipairs(publishes) do
     else
       local lost_marker = ''
       if not live_prev[live] then
-        local _, marker = confirm_epoch(epoch, live, seen, now, '0')
+        local last_live = reads[live][1]
+        local tail = last_live and last_live[1] or '0-0'
+        local _, marker = confirm_epoch(epoch, live, seen, now, '0', { reads[epoch], tail })
         lost_marker = marker or ''
-        local last_live = redis.call('XREVRANGE', live, '+', '-', 'COUNT', 1)
-        live_prev[live] = last_live[1] and last_live[1][1] or '0-0'
+        live_prev[live] = marker or tail
       end
-      local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+      local last = reads[stream]
       local prev = last[1] and last[1][1] or expired_prev
+      local ordinal = next_ordinal(stream, last)
       local id = redis.call('XADD', stream, 'MAXLEN', '=', ARGV[2], '*',
-        'p', prev, 'o', next_ordinal(stream, last), 't', kind, 'c', content)
-      redis.call('XTRIM', stream, 'MINID', '=', min_id)
-      redis.call('PEXPIRE', stream, retention_ms)
+        'p', prev, 'o', ordinal, 't', kind, 'c', content)
+      reads[stream] = { { id, { 'o', ordinal } } }
+      local interval = upkeep_interval(id)
+      if not last[1] or upkeep_interval(last[1][1]) ~= interval then
+        redis.call('XTRIM', stream, 'MINID', '=', min_id)
+        redis.call('PEXPIREAT', stream, string.format('%.0f', (interval + 1) * upkeep_ms + retention_ms))
+      end
 
       live_prev[live] = redis.call('XADD', live, 'MAXLEN', '~', ARGV[3], '*',
         'p', live_prev[live], 'm', member, 'i', id, 't', kind, 'c', content)
 
       if idem then
         redis.call('SET', idem, id, 'PX', retention_ms)
+        reads[idem] = id
       end
       result[#result + 1] = id
       result[#result + 1] = 0

@@ -93,8 +93,9 @@ async fn notifications_older_than_the_retention_window_are_never_replayed() {
     );
     let key = redis.cli(&["--scan", "--pattern", "n:*:s:42"]);
     assert_eq!(redis.cli(&["xlen", &key]), "2");
+    // Renewed to the end of the write's upkeep interval (a twentieth of the window) plus the window.
     let ttl: i64 = redis.cli(&["pttl", &key]).parse().unwrap();
-    assert!((1..=3_000).contains(&ttl), "pttl {ttl}");
+    assert!((2_850..=3_150).contains(&ttl), "pttl {ttl}");
     let mut stream = app.subscribe("42", "", &[("Last-Event-ID", &recent)]).await;
     assert!(recovered(&mut stream).await);
     let sentinel = app.publish("42", json!("sentinel")).await;
@@ -123,5 +124,43 @@ async fn an_expired_stream_does_not_look_like_a_complete_empty_history() {
     assert!(!recovered(&mut stream).await);
     let sentinel = app.publish("42", json!("sentinel")).await;
     assert_eq!(stream.ids_until(&sentinel, WAIT).await, [new]);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_append_keeps_its_stream_a_whole_window_though_few_renew_the_expiry() {
+    let redis = RedisServer::start();
+    // A two-second window: upkeep (trim by age, renew the expiry) once per 100 ms of ids.
+    let app = TestApp::start(&redis.url(), &["--retention-secs", "2"]).await;
+    let mut first_ms = None;
+    let mut last_ms = 0;
+    let appends = 40;
+    for i in 0..appends {
+        let id = app.publish("42", json!(i)).await;
+        let id_ms: u64 = id.split('-').next().unwrap().parse().unwrap();
+        first_ms.get_or_insert(id_ms);
+        last_ms = id_ms;
+        let key = redis.cli(&["--scan", "--pattern", "n:*:s:42"]);
+        let expires_at: u64 = redis.cli(&["pexpiretime", &key]).parse().unwrap();
+        assert!(
+            (id_ms + 2_000..=id_ms + 2_100).contains(&expires_at),
+            "append {i} at {id_ms} left the stream expiring at {expires_at}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // One renewal per 100 ms interval the ids spanned, not one per append.
+    let intervals = last_ms / 100 - first_ms.unwrap() / 100 + 1;
+    let stats = redis.cli(&["info", "commandstats"]);
+    let renewals: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_pexpireat:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .expect("pexpireat was called")
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=intervals).contains(&renewals),
+        "{renewals} renewals for {appends} appends over {intervals} intervals"
+    );
     app.stop().await;
 }
