@@ -34,11 +34,12 @@
 -- into our key space) fails the whole call with an error naming it, and nothing is stored (the
 -- instance then retries the call's publishes one by one, so only the one that names it fails).
 --
--- Trimming by age and renewing the expiry are upkeep, done by the first append whose id falls in a
--- new upkeep interval of its stream (a twentieth of the window, at most a minute), not by every
--- append: readers clamp to the window themselves (src/recovery.rs), so what lingers until the next
--- trim is never served, and the expiry is set one interval past the window from the interval's
--- first id, so it outlives every append of that interval by at least the retention.
+-- Trimming by age is upkeep, done by the first append whose id falls in a new interval of its
+-- stream (a twentieth of the window, at most a minute), not by every append: readers clamp to the
+-- window themselves (src/recovery.rs), so what lingers until the next trim is never served. The
+-- expiry is renewed by every append: any writer (an older version, migrate-zset) may set it, and a
+-- stream that expired less than a window after its newest entry would be taken for a complete
+-- history (`recovered: true`) by the clients that missed it.
 --
 -- Each member entry stores `p`, the id of the entry it followed, so a reader can prove that nothing
 -- between a client's position and the next retained entry was trimmed (API.md, `recovered`), and
@@ -50,12 +51,11 @@ local retention_ms = tonumber(ARGV[1])
 local now = redis_now_ms()
 local now_ms = tonumber(now)
 local min_id = string.format('%.0f-0', now_ms - retention_ms)
--- Without a stream, no entry newer than now - retention can have existed (the expiry is at least
--- the retention after the last append).
+-- Without a stream, no entry newer than now - retention can have existed (expiry = retention).
 local expired_prev = string.format('%.0f-0', now_ms - retention_ms + 1)
-local upkeep_ms = math.max(1, math.min(60000, math.floor(retention_ms / 20)))
-local function upkeep_interval(id)
-  return math.floor(id_parts(id) / upkeep_ms)
+local trim_ms = math.max(1, math.min(60000, math.floor(retention_ms / 20)))
+local function trim_interval(id)
+  return math.floor(id_parts(id) / trim_ms)
 end
 
 -- The publishes: where each one's keys and member arguments start.
@@ -132,11 +132,10 @@ for _, p in ipairs(publishes) do
       local id = redis.call('XADD', stream, 'MAXLEN', '=', ARGV[2], '*',
         'p', prev, 'o', ordinal, 't', kind, 'c', content)
       reads[stream] = { { id, { 'o', ordinal } } }
-      local interval = upkeep_interval(id)
-      if not last[1] or upkeep_interval(last[1][1]) ~= interval then
+      if not last[1] or trim_interval(last[1][1]) ~= trim_interval(id) then
         redis.call('XTRIM', stream, 'MINID', '=', min_id)
-        redis.call('PEXPIREAT', stream, string.format('%.0f', (interval + 1) * upkeep_ms + retention_ms))
       end
+      redis.call('PEXPIRE', stream, retention_ms)
 
       live_prev[live] = redis.call('XADD', live, 'MAXLEN', '~', ARGV[3], '*',
         'p', live_prev[live], 'm', member, 'i', id, 't', kind, 'c', content)

@@ -93,9 +93,8 @@ async fn notifications_older_than_the_retention_window_are_never_replayed() {
     );
     let key = redis.cli(&["--scan", "--pattern", "n:*:s:42"]);
     assert_eq!(redis.cli(&["xlen", &key]), "2");
-    // Renewed to the end of the write's upkeep interval (a twentieth of the window) plus the window.
     let ttl: i64 = redis.cli(&["pttl", &key]).parse().unwrap();
-    assert!((2_850..=3_150).contains(&ttl), "pttl {ttl}");
+    assert!((1..=3_000).contains(&ttl), "pttl {ttl}");
     let mut stream = app.subscribe("42", "", &[("Last-Event-ID", &recent)]).await;
     assert!(recovered(&mut stream).await);
     let sentinel = app.publish("42", json!("sentinel")).await;
@@ -128,12 +127,11 @@ async fn an_expired_stream_does_not_look_like_a_complete_empty_history() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_append_keeps_its_stream_a_whole_window_though_few_renew_the_expiry() {
+async fn every_append_renews_the_expiry_and_few_trim_by_age() {
     let redis = RedisServer::start();
-    // A two-second window: upkeep (trim by age, renew the expiry) once per 100 ms of ids.
+    // A two-second window: trimming by age once per 100 ms interval of a stream's ids.
     let app = TestApp::start(&redis.url(), &["--retention-secs", "2"]).await;
-    let mut first_ms = None;
-    let mut last_ms = 0;
+    let (mut first_ms, mut last_ms) = (None, 0);
     let appends = 40;
     for i in 0..appends {
         let id = app.publish("42", json!(i)).await;
@@ -143,24 +141,29 @@ async fn every_append_keeps_its_stream_a_whole_window_though_few_renew_the_expir
         let key = redis.cli(&["--scan", "--pattern", "n:*:s:42"]);
         let expires_at: u64 = redis.cli(&["pexpiretime", &key]).parse().unwrap();
         assert!(
-            (id_ms + 2_000..=id_ms + 2_100).contains(&expires_at),
+            // Redis's clock inside the script may read a few ms before the id's.
+            (id_ms + 1_990..=id_ms + 2_100).contains(&expires_at),
             "append {i} at {id_ms} left the stream expiring at {expires_at}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // One renewal per 100 ms interval the ids spanned, not one per append.
     let intervals = last_ms / 100 - first_ms.unwrap() / 100 + 1;
     let stats = redis.cli(&["info", "commandstats"]);
-    let renewals: u64 = stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_pexpireat:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .expect("pexpireat was called")
-        .parse()
-        .unwrap();
+    let calls = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
     assert!(
-        (1..=intervals).contains(&renewals),
-        "{renewals} renewals for {appends} appends over {intervals} intervals"
+        calls("pexpire") >= appends,
+        "every append renews the expiry"
+    );
+    let trims = calls("xtrim");
+    assert!(
+        (1..=intervals).contains(&trims),
+        "{trims} trims for {appends} appends over {intervals} intervals"
     );
     app.stop().await;
 }
