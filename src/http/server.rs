@@ -209,12 +209,18 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
-    let first = tokio::select! {
-        first = tokio::time::timeout(HEAD_TIMEOUT, read_first_head(&socket)) => first,
-        () = ticket.evicted.cancelled() => {
-            tracing::debug!("closed a connection that sent no request, to make room for a new one");
-            return;
+    // Boxed for the head's duration, like every short step here: an open event stream, the
+    // common connection, holds only what its writing loop needs.
+    let first = Box::pin(async {
+        tokio::select! {
+            first = tokio::time::timeout(HEAD_TIMEOUT, read_first_head(&socket)) => Some(first),
+            () = ticket.evicted.cancelled() => None,
         }
+    })
+    .await;
+    let Some(first) = first else {
+        tracing::debug!("closed a connection that sent no request, to make room for a new one");
+        return;
     };
     ticket.served();
     let first = match first {
@@ -234,7 +240,7 @@ async fn connection(
         FirstRequest::Other(read) => {
             // One deadline per head, whichever path reads it: hyper gets what is left of it.
             let left = HEAD_TIMEOUT.saturating_sub(started.elapsed());
-            hyper(Rewind::new(read, socket), router, left, shutdown).await;
+            Box::pin(hyper(Rewind::new(read, socket), router, left, shutdown)).await;
         }
     }
 }
@@ -328,20 +334,16 @@ fn subscribe_request(read: &[u8]) -> Parsed {
 /// Answers one subscribe request and closes the connection: an event stream chunk by chunk as
 /// the session produces it, anything else (a 401, a 400) whole.
 async fn stream(socket: TcpStream, router: Router, request: Box<Request<Body>>, metrics: &Metrics) {
-    let response = match router.oneshot(*request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    let (parts, body) = response.into_parts();
-    let is_stream = parts.status == StatusCode::OK
-        && parts
-            .headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let outcome = if is_stream {
-        write_stream(&socket, &parts.headers, body).await
-    } else {
-        write_whole(&socket, parts.status, &parts.headers, body).await
+    let routed = Box::pin(async move {
+        match router.oneshot(*request).await {
+            Ok(response) => Response::from(response),
+            Err(never) => match never {},
+        }
+    })
+    .await;
+    let outcome = match routed {
+        Response::Stream { head, body } => write_stream(&socket, head, body).await,
+        Response::Whole(response) => Box::pin(write_whole(&socket, *response)).await,
     };
     match outcome {
         Ok(()) => {}
@@ -353,10 +355,31 @@ async fn stream(socket: TcpStream, router: Router, request: Box<Request<Body>>, 
     }
 }
 
-async fn write_stream(socket: &TcpStream, headers: &HeaderMap, body: Body) -> io::Result<()> {
-    let head = response_head(StatusCode::OK, headers, "transfer-encoding: chunked");
-    write_all(socket, &mut [IoSlice::new(&head)]).await?;
-    drop(head);
+/// A routed response: an event stream (its head already serialized, so the headers are not kept
+/// while it is open) or anything else (boxed: it is not what this path is for).
+enum Response {
+    Stream { head: Vec<u8>, body: Body },
+    Whole(Box<axum::response::Response>),
+}
+
+impl From<axum::response::Response> for Response {
+    fn from(response: axum::response::Response) -> Self {
+        let is_stream = response.status() == StatusCode::OK
+            && response
+                .headers()
+                .get(CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if !is_stream {
+            return Self::Whole(Box::new(response));
+        }
+        let (parts, body) = response.into_parts();
+        let head = response_head(StatusCode::OK, &parts.headers, "transfer-encoding: chunked");
+        Self::Stream { head, body }
+    }
+}
+
+async fn write_stream(socket: &TcpStream, head: Vec<u8>, body: Body) -> io::Result<()> {
+    write_owned(socket, head).await?;
     let mut body = body.into_data_stream();
     loop {
         let chunk = tokio::select! {
@@ -384,12 +407,14 @@ async fn write_stream(socket: &TcpStream, headers: &HeaderMap, body: Body) -> io
     }
 }
 
-async fn write_whole(
-    socket: &TcpStream,
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: Body,
-) -> io::Result<()> {
+/// Writes `bytes` and frees them before the caller's next step.
+async fn write_owned(socket: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
+    write_all(socket, &mut [IoSlice::new(&bytes)]).await
+}
+
+async fn write_whole(socket: &TcpStream, response: axum::response::Response) -> io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let (status, headers) = (parts.status, &parts.headers);
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(io::Error::other)?;
@@ -428,17 +453,20 @@ fn response_head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<
 /// for `WRITE_STALL` fails with `TimedOut`. The common case, room in the socket buffer, costs one
 /// `writev` and no timer.
 async fn write_all(socket: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    let mut deadline = None;
+    let mut stall = None;
     IoSlice::advance_slices(&mut bufs, 0); // skips empty slices
     while !bufs.is_empty() {
         match socket.try_write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => IoSlice::advance_slices(&mut bufs, written),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                let deadline = *deadline.get_or_insert_with(|| Instant::now() + WRITE_STALL);
-                tokio::time::timeout_at(deadline, socket.writable())
-                    .await
-                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+                // The timer only for a client that stopped reading, and boxed: not in every
+                // stream's state.
+                let stall = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+                tokio::select! {
+                    ready = std::future::poll_fn(|cx| socket.poll_write_ready(cx)) => ready?,
+                    () = stall.as_mut() => return Err(io::ErrorKind::TimedOut.into()),
+                }
             }
             Err(error) => return Err(error),
         }
@@ -450,12 +478,17 @@ async fn write_all(socket: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Resu
 /// `MAX_TRAILING_INPUT` after its request: this connection answers one request, and a client
 /// that keeps sending is dropped rather than read for ever.
 async fn closed_by_client(socket: &TcpStream) {
-    let mut discard = [0u8; 256];
     let mut received = 0;
     while received <= MAX_TRAILING_INPUT {
-        if socket.readable().await.is_err() {
+        // Readiness polled directly (this task is the socket's only reader): the wait adds
+        // nothing to the state every open stream holds, and neither does the buffer.
+        if std::future::poll_fn(|cx| socket.poll_read_ready(cx))
+            .await
+            .is_err()
+        {
             return;
         }
+        let mut discard = [0u8; 256];
         match socket.try_read(&mut discard) {
             Ok(0) => return,
             Ok(n) => received += n,

@@ -147,10 +147,14 @@ impl Session {
     }
 
     /// The next bytes to write, or `None` to end the stream.
+    ///
+    /// The start and replay steps (Redis round trips, large futures) are boxed for their duration:
+    /// a stream waiting for live notifications, most of them for most of their life, then holds
+    /// only the small future of `live`.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Start(resume) => Some(self.start(resume).await),
-            Phase::Replay { after } => self.replay(after).await,
+            Phase::Start(resume) => Some(Box::pin(self.start(resume)).await),
+            Phase::Replay { after } => Box::pin(self.replay(after)).await,
             Phase::Live => self.live().await,
             Phase::Done => None,
         }
