@@ -10,12 +10,13 @@
 
 mod reader;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 
 use crate::metrics::Metrics;
 use crate::model::{MemberId, StreamId, notification_frame};
@@ -60,7 +61,54 @@ struct Partition {
 
 struct Slot {
     id: u64,
-    tx: mpsc::Sender<Arc<Delivery>>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// Dropped by the hub (too slow, a gap, the member's cap): the stream ends once it has taken
+/// what was already queued.
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.mailbox.closed.store(true, Ordering::Release);
+        self.mailbox.waker.wake();
+    }
+}
+
+/// What the hub has queued for one stream: at most `SEND_BUFFER` frames. A queue that allocates
+/// only once something waits, instead of a channel's fixed blocks: every open stream has one,
+/// and most are empty most of the time.
+#[derive(Default)]
+struct Mailbox {
+    queue: Mutex<VecDeque<Arc<Delivery>>>,
+    waker: AtomicWaker,
+    closed: AtomicBool,
+}
+
+enum Refused {
+    Full,
+    Closed,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Arc<Delivery>>> {
+        // Single-step updates: a panic while holding it cannot leave the queue inconsistent.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, delivery: Arc<Delivery>) -> Result<(), Refused> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Refused::Closed);
+        }
+        let mut queue = self.lock();
+        if queue.len() >= SEND_BUFFER {
+            return Err(Refused::Full);
+        }
+        queue.push_back(delivery);
+        drop(queue);
+        self.waker.wake();
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +139,7 @@ impl Hub {
         {
             return Err(NotReady);
         }
-        let (tx, rx) = mpsc::channel(SEND_BUFFER);
+        let mailbox = Arc::new(Mailbox::default());
         let id = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
         let mut subscribers = self.inner.lock(partition);
         let slots = subscribers.entry(member.clone()).or_default();
@@ -99,10 +147,13 @@ impl Hub {
             slots.remove(0); // its stream ends when it next looks for a live notification
             self.inner.metrics.member_cap_closes.inc();
         }
-        slots.push(Slot { id, tx });
+        slots.push(Slot {
+            id,
+            mailbox: mailbox.clone(),
+        });
         drop(subscribers);
         Ok(Subscription {
-            rx,
+            mailbox,
             hub: self.inner.clone(),
             member: member.clone(),
             partition,
@@ -166,16 +217,16 @@ impl Hub {
             } else {
                 &mut reads
             };
-            slots.retain(|slot| match slot.tx.try_send(delivery.clone()) {
+            slots.retain(|slot| match slot.mailbox.push(delivery.clone()) {
                 Ok(()) => {
                     *counter += 1;
                     true
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(Refused::Full) => {
                     slow += 1;
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(Refused::Closed) => false,
             });
             if slots.is_empty() {
                 subscribers.remove(member);
@@ -232,7 +283,7 @@ impl HubInner {
 
 /// A registered stream. Deregisters itself when dropped.
 pub struct Subscription {
-    rx: mpsc::Receiver<Arc<Delivery>>,
+    mailbox: Arc<Mailbox>,
     hub: Arc<HubInner>,
     member: MemberId,
     partition: usize,
@@ -242,7 +293,29 @@ pub struct Subscription {
 impl Subscription {
     /// The next live delivery; `None` once the hub dropped this stream (too slow, or a gap).
     pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
-        self.rx.recv().await
+        let mailbox = &self.mailbox;
+        std::future::poll_fn(|cx| {
+            let mut registered = false;
+            loop {
+                if let Some(delivery) = mailbox.lock().pop_front() {
+                    return Poll::Ready(Some(delivery));
+                }
+                if mailbox.closed.load(Ordering::Acquire) {
+                    // Closing happens after the last push: nothing can be queued behind it.
+                    return match mailbox.lock().pop_front() {
+                        Some(delivery) => Poll::Ready(Some(delivery)),
+                        None => Poll::Ready(None),
+                    };
+                }
+                if registered {
+                    return Poll::Pending;
+                }
+                // Registered, then looked again: a push in between is not missed.
+                mailbox.waker.register(cx.waker());
+                registered = true;
+            }
+        })
+        .await
     }
 }
 
