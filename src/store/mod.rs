@@ -492,9 +492,9 @@ impl Store {
         cmd
     }
 
-    /// Runs a pipeline of `EVALSHA` calls of `script`. When Redis answers NOSCRIPT (it restarted or
-    /// failed over and forgot the script), loads it and runs the pipeline again: nothing ran the
-    /// first time, since every call failed the same way.
+    /// Runs a pipeline of `EVALSHA` calls of `script` (and reads, harmless to repeat). When Redis
+    /// answers NOSCRIPT (it restarted or failed over and forgot the script), loads it and runs the
+    /// pipeline again: no call ran the first time, since every call failed the same way.
     async fn run_scripts(
         &self,
         pipe: &redis::Pipeline,
@@ -523,7 +523,8 @@ impl Store {
 
     /// Reads up to `count` entries after `start`, with the partition's epoch (confirmed against
     /// what this instance has seen, on the Redis that serves the read), Redis's clock and the
-    /// stream's newest id, in one atomic step (`replay.lua`; all keys in one slot).
+    /// stream's newest id, in one atomic step (`replay.lua` and an `XRANGE` in one MULTI/EXEC;
+    /// all keys in one slot).
     ///
     /// The read state is counted at `as_of`, or (`None`, a `last_message` resume) at the newest
     /// retained entry at or before `start`.
@@ -537,31 +538,34 @@ impl Store {
         let _turn = self.read_turn().await?;
         let partition = keys::partition_of(member);
         let seen = self.seen(partition);
-        let reply: Value = scripts::REPLAY
-            .key(keys::stream(member))
+        let stream = keys::stream(member);
+        let mut script = scripts::REPLAY.key(&stream);
+        script
             .key(keys::epoch(partition))
             .key(keys::fanout(partition))
             .key(keys::read_position(member))
             .arg(start.to_string())
-            .arg(count)
             .arg(seen.to_string())
             .arg(self.retention_floor().to_string())
-            .arg(as_of.map(|id| id.to_string()).unwrap_or_default())
-            .invoke_async(&mut self.commands().await?)
-            .await?;
-        let Value::Array(reply) = reply else {
+            .arg(as_of.map(|id| id.to_string()).unwrap_or_default());
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .invoke_script(&script)
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("({start}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let [state, entries]: [Value; 2] = self
+            .run_scripts(&pipe, &scripts::REPLAY)
+            .await?
+            .try_into()
+            .map_err(|_| StoreError::Reply("replay transaction returned the wrong shape"))?;
+        let Value::Array(state) = state else {
             return Err(StoreError::Reply("replay script did not return an array"));
         };
-        let [
-            epoch,
-            now,
-            newest,
-            entries,
-            lost_at,
-            read_up_to,
-            unread,
-            as_of,
-        ]: [Value; 8] = reply
+        let [epoch, now, newest, lost_at, read_up_to, unread, as_of]: [Value; 7] = state
             .try_into()
             .map_err(|_| StoreError::Reply("replay script returned the wrong shape"))?;
         let lost_at = optional_id(&lost_at)?;
