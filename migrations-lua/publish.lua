@@ -81,8 +81,11 @@ local function read_once(k, role, command, ...)
   if reads[k] == nil then
     local reply = redis.pcall(command, k, ...)
     if type(reply) == 'table' and reply.err then
-      return redis.error_reply('WRONGTYPE key ' .. k .. ' is not the ' .. role .. ' it should be ('
-        .. reply.err .. '); nothing was stored')
+      if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then
+        return redis.error_reply(reply.err .. ' (reading ' .. k .. '); nothing was stored')
+      end
+      return redis.error_reply('WRONGTYPE key ' .. k .. ' is not the ' .. role .. ' it should be; '
+        .. 'nothing was stored')
     end
     reads[k] = reply
   end

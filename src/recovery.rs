@@ -1,6 +1,7 @@
 //! The two decisions that make a replay exact (API.md, `recovered`): what a resuming client is
 //! told in `connected`, and whether the next replay batch still follows the last one. Pure
-//! functions over what the store read in one atomic step (`replay.lua`); no I/O.
+//! functions over what the store read in one atomic step (`Store::replay_head`: `replay.lua` and
+//! the first page); no I/O.
 //!
 //! The proof is the predecessor chain: every entry stores `prev`, the id of the entry it followed
 //! when it was written (a new stream's first entry gets `now − retention`, the furthest back its

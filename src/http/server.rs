@@ -464,6 +464,7 @@ async fn write_all(socket: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Resu
                 // stream's state.
                 let stall = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
                 tokio::select! {
+                    biased; // a socket writable when the timer fires still gets the write
                     ready = std::future::poll_fn(|cx| socket.poll_write_ready(cx)) => ready?,
                     () = stall.as_mut() => return Err(io::ErrorKind::TimedOut.into()),
                 }

@@ -64,8 +64,8 @@ struct Slot {
     mailbox: Arc<Mailbox>,
 }
 
-/// Dropped by the hub (too slow, a gap, the member's cap): the stream ends once it has taken
-/// what was already queued.
+/// Dropped by the hub (too slow, a gap, the member's cap) or deregistered by the stream itself
+/// (`Subscription::drop`): the stream ends once it has taken what was already queued.
 impl Drop for Slot {
     fn drop(&mut self) {
         self.mailbox.closed.store(true, Ordering::Release);
@@ -83,10 +83,8 @@ struct Mailbox {
     closed: AtomicBool,
 }
 
-enum Refused {
-    Full,
-    Closed,
-}
+/// The stream's mailbox holds `SEND_BUFFER` frames already: it cannot keep up.
+struct Full;
 
 impl Mailbox {
     fn lock(&self) -> MutexGuard<'_, VecDeque<Arc<Delivery>>> {
@@ -96,13 +94,11 @@ impl Mailbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push(&self, delivery: Arc<Delivery>) -> Result<(), Refused> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Refused::Closed);
-        }
+    /// Only the hub pushes, to slots it holds (a closed mailbox's slot is gone from its map).
+    fn push(&self, delivery: Arc<Delivery>) -> Result<(), Full> {
         let mut queue = self.lock();
         if queue.len() >= SEND_BUFFER {
-            return Err(Refused::Full);
+            return Err(Full);
         }
         queue.push_back(delivery);
         drop(queue);
@@ -222,11 +218,10 @@ impl Hub {
                     *counter += 1;
                     true
                 }
-                Err(Refused::Full) => {
+                Err(Full) => {
                     slow += 1;
                     false
                 }
-                Err(Refused::Closed) => false,
             });
             if slots.is_empty() {
                 subscribers.remove(member);

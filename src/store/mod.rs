@@ -494,7 +494,7 @@ impl Store {
 
     /// Runs a pipeline of `EVALSHA` calls of `script` (and reads, harmless to repeat). When Redis
     /// answers NOSCRIPT (it restarted or failed over and forgot the script), loads it and runs the
-    /// pipeline again: no call ran the first time, since every call failed the same way.
+    /// pipeline again: no script call ran the first time, since every one failed the same way.
     async fn run_scripts(
         &self,
         pipe: &redis::Pipeline,
@@ -523,8 +523,9 @@ impl Store {
 
     /// Reads up to `count` entries after `start`, with the partition's epoch (confirmed against
     /// what this instance has seen, on the Redis that serves the read), Redis's clock and the
-    /// stream's newest id, in one atomic step (`replay.lua` and an `XRANGE` in one MULTI/EXEC;
-    /// all keys in one slot).
+    /// stream's newest id, in one atomic step: on a standalone Redis `replay.lua` and an `XRANGE`
+    /// in one MULTI/EXEC (the page stays Redis's own reply), on a cluster `replay.lua` alone,
+    /// returning the page too (all keys in one slot).
     ///
     /// The read state is counted at `as_of`, or (`None`, a `last_message` resume) at the newest
     /// retained entry at or before `start`.
@@ -548,22 +549,37 @@ impl Store {
             .arg(seen.to_string())
             .arg(self.retention_floor().to_string())
             .arg(as_of.map(|id| id.to_string()).unwrap_or_default());
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .invoke_script(&script)
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("({start}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count);
-        let [state, entries]: [Value; 2] = self
-            .run_scripts(&pipe, &scripts::REPLAY)
-            .await?
-            .try_into()
-            .map_err(|_| StoreError::Reply("replay transaction returned the wrong shape"))?;
-        let Value::Array(state) = state else {
-            return Err(StoreError::Reply("replay script did not return an array"));
+        let (state, entries) = if self.is_cluster() {
+            // One command, which the cluster client redirects and retries through a failover or
+            // a slot move; inside MULTI a redirect would only abort the transaction.
+            script.arg(count);
+            let state: Value = script.invoke_async(&mut self.commands().await?).await?;
+            let Value::Array(mut state) = state else {
+                return Err(StoreError::Reply("replay script did not return an array"));
+            };
+            let entries = state
+                .pop()
+                .ok_or(StoreError::Reply("replay script returned the wrong shape"))?;
+            (state, entries)
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .invoke_script(&script)
+                .cmd("XRANGE")
+                .arg(&stream)
+                .arg(format!("({start}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(count);
+            let [state, entries]: [Value; 2] = self
+                .run_scripts(&pipe, &scripts::REPLAY)
+                .await?
+                .try_into()
+                .map_err(|_| StoreError::Reply("replay transaction returned the wrong shape"))?;
+            let Value::Array(state) = state else {
+                return Err(StoreError::Reply("replay script did not return an array"));
+            };
+            (state, entries)
         };
         let [epoch, now, newest, lost_at, read_up_to, unread, as_of]: [Value; 7] = state
             .try_into()
