@@ -336,14 +336,14 @@ fn subscribe_request(read: &[u8]) -> Parsed {
 async fn stream(socket: TcpStream, router: Router, request: Box<Request<Body>>, metrics: &Metrics) {
     let routed = Box::pin(async move {
         match router.oneshot(*request).await {
-            Ok(response) => Response::from(response),
+            Ok(response) => Routed::from(response),
             Err(never) => match never {},
         }
     })
     .await;
     let outcome = match routed {
-        Response::Stream { head, body } => write_stream(&socket, head, body).await,
-        Response::Whole(response) => Box::pin(write_whole(&socket, *response)).await,
+        Routed::Stream { head, body } => write_stream(&socket, head, body).await,
+        Routed::Whole(response) => Box::pin(write_whole(&socket, *response)).await,
     };
     match outcome {
         Ok(()) => {}
@@ -357,12 +357,12 @@ async fn stream(socket: TcpStream, router: Router, request: Box<Request<Body>>, 
 
 /// A routed response: an event stream (its head already serialized, so the headers are not kept
 /// while it is open) or anything else (boxed: it is not what this path is for).
-enum Response {
+enum Routed {
     Stream { head: Vec<u8>, body: Body },
     Whole(Box<axum::response::Response>),
 }
 
-impl From<axum::response::Response> for Response {
+impl From<axum::response::Response> for Routed {
     fn from(response: axum::response::Response) -> Self {
         let is_stream = response.status() == StatusCode::OK
             && response

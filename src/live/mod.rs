@@ -297,10 +297,7 @@ impl Subscription {
                 }
                 if mailbox.closed.load(Ordering::Acquire) {
                     // Closing happens after the last push: nothing can be queued behind it.
-                    return match mailbox.lock().pop_front() {
-                        Some(delivery) => Poll::Ready(Some(delivery)),
-                        None => Poll::Ready(None),
-                    };
+                    return Poll::Ready(mailbox.lock().pop_front());
                 }
                 if registered {
                     return Poll::Pending;
