@@ -81,13 +81,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let router = http::router(state.clone());
-    let server = http::serve(
-        listener,
-        router,
-        state.metrics,
-        state.config.limits.max_connections,
-        shutdown.clone(),
-    );
+    let server = http::serve(listener, router, state, shutdown.clone());
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(GRACE).await;

@@ -304,6 +304,31 @@ impl ReadState {
     }
 }
 
+/// A notification's content as stored: the JSON text it was sent as, without the whitespace
+/// between tokens. So it is one line (a raw line break can only be such whitespace) and it keeps
+/// what the publisher wrote: key order, numbers beyond `f64`, escapes.
+pub fn compact_json(json: &serde_json::value::RawValue) -> String {
+    let text = json.get();
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One stored notification, as read back from a member stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -515,6 +540,48 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Resume::from_hints(hints), Err(InvalidResume::LastMessage));
+    }
+
+    fn compact(text: &str) -> String {
+        compact_json(&serde_json::from_str::<Box<serde_json::value::RawValue>>(text).unwrap())
+    }
+
+    #[test]
+    fn content_is_stored_as_sent_without_the_whitespace_between_tokens() {
+        assert_eq!(
+            compact("{\n  \"b\": [1, 2.50],\r\n\t\"a\": \"x y\\\" \\\\ \\n\"\n}"),
+            r#"{"b":[1,2.50],"a":"x y\" \\ \n"}"#
+        );
+        assert_eq!(
+            compact("123456789012345678901234567890"),
+            "123456789012345678901234567890"
+        );
+        assert_eq!(compact(" null "), "null");
+        assert_eq!(compact(r#"" \u00e9 ""#), r#"" \u00e9 ""#);
+    }
+
+    proptest! {
+        #[test]
+        fn compacting_pretty_json_gives_the_compact_serialization(value in json_value()) {
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            prop_assert_eq!(compact(&pretty), serde_json::to_string(&value).unwrap());
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[ -~\\n\"\\\\é]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z \"]{0,4}", inner, 0..4)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
     }
 
     proptest! {

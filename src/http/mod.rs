@@ -55,7 +55,7 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .route(subscribe, get(sse::subscribe))
         .route(subscribe_slash, get(sse::subscribe))
-        .route("/notifications", get(history::page).post(publish::publish))
+        .route(publish::PATH, get(history::page).post(publish::publish))
         .route("/notifications/unread", get(read::unread))
         .route("/notifications/read", post(read::mark))
         .route("/healthz", get(ops::healthz))
@@ -71,22 +71,34 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    // The span names the path only: a query string may carry an access token. The request id is
-    // the caller's `x-request-id` when it sends one (a gateway's), so logs join up across hops.
     // Failures are logged once, by `ApiError`, not again as a 5xx by the trace layer.
-    // Field values are only computed when the span is enabled.
-    router.layer(TraceLayer::new_for_http().on_failure(()).make_span_with(|request: &Request<_>| {
-        tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %request_id(request))
-    }))
+    router.layer(
+        TraceLayer::new_for_http()
+            .on_failure(())
+            .make_span_with(request_span),
+    )
 }
 
-/// Answers 408 (and closes the connection) when a request takes longer than `REQUEST_TIMEOUT`.
+/// A request's span, named by its path only: a query string may carry an access token. The
+/// request id is the caller's `x-request-id` when it sends one (a gateway's), so logs join up
+/// across hops. Field values are only computed when the span is enabled.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %request_id(request))
+}
+
 async fn deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    within_deadline(next.run(request)).await
+}
+
+/// Answers 408 (and closes the connection) when a request takes longer than `REQUEST_TIMEOUT`.
+async fn within_deadline(
+    answer: impl Future<Output = axum::response::Response>,
+) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
         Ok(response) => response,
         Err(_) => {
             let mut response = ApiError::RequestTimeout.into_response();

@@ -1,23 +1,37 @@
 //! `POST /notifications`: validate, then one `Store::append` (API.md, publish).
+//!
+//! Publishing is most of the service's request traffic, so hyper hands a plain publish (one
+//! without `Origin`: not a browser's, nothing for CORS to add) to [`direct`], which skips the
+//! router and its layers and keeps what they do for it: the request's span, the deadline, the
+//! body limit, and the same extractors, so every answer is the routed one, byte for byte.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::State;
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest as _, FromRequestParts as _, State};
+use axum::http::header::ORIGIN;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
-use super::AppState;
 use super::auth::Publisher;
 use super::error::ApiError;
-use crate::model::{IdempotencyKey, Kind, MemberId};
+use super::{AppState, MAX_BODY};
+use crate::model::{IdempotencyKey, Kind, MemberId, compact_json};
 use crate::store::NewNotification;
 
 /// Most members one request may address; larger fan-outs are split by the caller.
 pub const MAX_MEMBERS: usize = 1_000;
+
+/// The publish route (the router's, and [`direct`]'s).
+pub const PATH: &str = "/notifications";
 
 #[derive(Deserialize)]
 pub struct PublishRequest {
@@ -25,13 +39,15 @@ pub struct PublishRequest {
     member_ids: Option<Vec<MemberId>>,
     #[serde(default, rename = "type")]
     kind: Kind,
-    /// `Some(Value::Null)` for `"content": null`, `None` when absent.
+    /// As sent (`Some("null")` for `"content": null`), `None` when absent.
     #[serde(default, deserialize_with = "present")]
-    content: Option<Value>,
+    content: Option<Box<RawValue>>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(deserializer).map(Some)
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
 pub async fn publish(
@@ -39,6 +55,50 @@ pub async fn publish(
     _publisher: Publisher,
     headers: HeaderMap,
     body: Result<Json<PublishRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    store(&app, body, idempotency_key(&headers)).await
+}
+
+/// Whether hyper may give `request` to [`direct`] instead of the router.
+pub fn is_direct<B>(request: &Request<B>) -> bool {
+    request.method() == Method::POST
+        && request.uri().path() == PATH
+        && !request.headers().contains_key(ORIGIN)
+}
+
+/// [`publish`] without the router: the same extractors in the same order, within the same span
+/// and deadline as a routed request.
+pub async fn direct(app: Arc<AppState>, request: Request<hyper::body::Incoming>) -> Response {
+    let span = super::request_span(&request);
+    let answer = async move {
+        let (mut parts, body) = request.into_parts();
+        if let Err(error) = Publisher::from_request_parts(&mut parts, &app).await {
+            return error.into_response();
+        }
+        let key = idempotency_key(&parts.headers);
+        // The router's `DefaultBodyLimit`, as the body's own limit: `Json` answers 413 past it.
+        let limited = Body::new(http_body_util::Limited::new(body, MAX_BODY));
+        let body =
+            Json::<PublishRequest>::from_request(Request::from_parts(parts, limited), &()).await;
+        store(&app, body, key).await.into_response()
+    };
+    let response = super::within_deadline(answer)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            "finished processing request"
+        )
+    });
+    response
+}
+
+/// Validates the publish and stores it; what both paths answer.
+async fn store(
+    app: &AppState,
+    body: Result<Json<PublishRequest>, JsonRejection>,
+    idempotency_key: Result<Option<IdempotencyKey>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(PublishRequest {
         member_id,
@@ -48,10 +108,9 @@ pub async fn publish(
     }) = body?;
     let members = members(member_id, member_ids)?;
     let content = content.ok_or_else(|| ApiError::bad_request("content is required"))?;
-    let idempotency_key = idempotency_key(&headers)?;
-
+    let idempotency_key = idempotency_key?;
     let started = Instant::now();
-    let content = content.to_string(); // compact: no raw line breaks reach the SSE framing
+    let content = compact_json(&content); // one line: no raw line breaks reach the SSE framing
     let note = NewNotification {
         members: &members,
         kind: &kind,

@@ -19,9 +19,10 @@ use axum::http::header::{
     CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderName, HeaderValue, TRANSFER_ENCODING,
 };
 use axum::http::{HeaderMap, Request, StatusCode, Version};
-use futures_util::StreamExt as _;
+use futures_util::future::Either;
+use futures_util::{FutureExt as _, StreamExt as _};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -29,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-use super::{MAX_BODY, SUBSCRIBE_PATHS};
+use super::{AppState, MAX_BODY, SUBSCRIBE_PATHS, publish};
 use crate::metrics::Metrics;
 
 /// A client must send its first request head within this time.
@@ -118,10 +119,12 @@ impl Waiting {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    metrics: Metrics,
-    max_connections: usize,
+    app: AppState,
     shutdown: CancellationToken,
 ) {
+    let max_connections = app.config.limits.max_connections;
+    let metrics = app.metrics.clone();
+    let app = std::sync::Arc::new(app);
     let connections = TaskTracker::new();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     let waiting = std::sync::Arc::new(Waiting::default());
@@ -184,7 +187,7 @@ pub async fn serve(
         let connection = connection(
             socket,
             router.clone(),
-            metrics.clone(),
+            std::sync::Arc::clone(&app),
             ticket,
             shutdown.clone(),
         );
@@ -204,7 +207,7 @@ pub async fn serve(
 async fn connection(
     socket: TcpStream,
     router: Router,
-    metrics: Metrics,
+    app: std::sync::Arc<AppState>,
     ticket: Ticket,
     shutdown: CancellationToken,
 ) {
@@ -236,11 +239,18 @@ async fn connection(
     };
     match first {
         FirstRequest::None => {}
-        FirstRequest::Stream(request) => stream(socket, router, request, &metrics).await,
+        FirstRequest::Stream(request) => stream(socket, router, request, &app.metrics).await,
         FirstRequest::Other(read) => {
             // One deadline per head, whichever path reads it: hyper gets what is left of it.
             let left = HEAD_TIMEOUT.saturating_sub(started.elapsed());
-            Box::pin(hyper(Rewind::new(read, socket), router, left, shutdown)).await;
+            Box::pin(hyper(
+                Rewind::new(read, socket),
+                router,
+                app,
+                left,
+                shutdown,
+            ))
+            .await;
         }
     }
 }
@@ -506,9 +516,22 @@ async fn closed_by_client(socket: &TcpStream) {
 /// Serves the connection with hyper, which first reads the bytes this module already read, with
 /// the same limits as the streamed path: head size and header count, `head_timeout` for each
 /// head (the first one's remainder; it also closes a keep-alive connection idle that long), and
-/// a client that stops reading is dropped after `WRITE_STALL`.
-async fn hyper(io: Rewind, router: Router, head_timeout: Duration, shutdown: CancellationToken) {
-    let service = TowerToHyperService::new(router);
+/// a client that stops reading is dropped after `WRITE_STALL`. A plain publish skips the router
+/// (`publish::direct`).
+async fn hyper(
+    io: Rewind,
+    router: Router,
+    app: std::sync::Arc<AppState>,
+    head_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        if publish::is_direct(&request) {
+            Either::Left(publish::direct(std::sync::Arc::clone(&app), request).map(Ok))
+        } else {
+            Either::Right(router.clone().oneshot(request))
+        }
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

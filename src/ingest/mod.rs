@@ -3,10 +3,11 @@
 
 pub mod kafka;
 
-use serde::Deserialize;
-use serde_json::Value;
+use std::collections::HashMap;
 
-use crate::model::{IdempotencyKey, Kind, MemberId};
+use serde_json::value::RawValue;
+
+use crate::model::{IdempotencyKey, Kind, MemberId, compact_json};
 
 /// A record that can be stored.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,7 +43,8 @@ pub enum Undecodable {
 /// value when the key is empty).
 pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, Undecodable> {
     let value = value.ok_or(Undecodable::NoValue)?;
-    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(value) else {
+    // Each member as sent: the content is stored as it was written (`compact_json`).
+    let Ok(mut object) = serde_json::from_slice::<HashMap<String, Box<RawValue>>>(value) else {
         return Err(Undecodable::NotAnObject);
     };
     let member = match key.filter(|k| !k.is_empty()) {
@@ -52,18 +54,20 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, Undec
             .ok_or(Undecodable::BadKey)?,
         None => {
             let id = object.remove("member_id").ok_or(Undecodable::NoMember)?;
-            MemberId::deserialize(id).map_err(|_| Undecodable::BadMemberId)?
+            serde_json::from_str(id.get()).map_err(|_| Undecodable::BadMemberId)?
         }
     };
     let kind = match object.remove("type") {
-        None | Some(Value::Null) => Kind::default(),
-        Some(kind) => Kind::deserialize(kind).map_err(|_| Undecodable::BadKind)?,
+        None => Kind::default(),
+        Some(kind) => serde_json::from_str::<Option<Kind>>(kind.get())
+            .map_err(|_| Undecodable::BadKind)?
+            .unwrap_or_default(),
     };
     let content = object.remove("content").ok_or(Undecodable::NoContent)?;
     Ok(Decoded {
         member,
         kind,
-        content: content.to_string(),
+        content: compact_json(&content),
     })
 }
 

@@ -33,6 +33,34 @@ async fn one_publish_reaches_every_listed_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_arrives_as_it_was_sent_on_one_line() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let mut stream = app.subscribe("1", "", &[]).await;
+    // Pretty-printed, keys out of order, a number no f64 holds, an escape kept as written.
+    let body = "{\"member_id\": \"1\",\r\n \"content\": {\n  \"z\": 1,\n  \"a\": [1, 2.50],\n  \"big\": 123456789012345678901234567890,\n  \"s\": \"caf\\u00e9 \\n\"\n}}";
+    let response = app
+        .client
+        .post(format!("{}/notifications", app.url))
+        .bearer_auth(PUBLISH_TOKEN)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let event = stream.next_notification(WAIT).await;
+    assert!(
+        event.data.contains(
+            r#""content":{"z":1,"a":[1,2.50],"big":123456789012345678901234567890,"s":"caf\u00e9 \n"}"#
+        ),
+        "{}",
+        event.data
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_idempotency_key_creates_nothing_and_returns_the_same_ids() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
@@ -73,7 +101,9 @@ async fn bad_publish_requests_get_clear_json_errors() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis.url(), &[]).await;
     let url = format!("{}/notifications", app.url);
-    let send = |token: Option<&'static str>, body: String| {
+    // With an `Origin` a publish goes through the router; without, hyper hands it straight to
+    // the handler (`publish::direct`): both must answer alike.
+    let send_from = |origin: Option<&'static str>, token: Option<&'static str>, body: String| {
         let mut request = app
             .client
             .post(&url)
@@ -82,8 +112,12 @@ async fn bad_publish_requests_get_clear_json_errors() {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
         request.send()
     };
+    let send = |token, body| send_from(None, token, body);
     let ok = Some(PUBLISH_TOKEN);
     let cases = [
         (
@@ -148,6 +182,39 @@ async fn bad_publish_requests_get_clear_json_errors() {
         assert_eq!(response.status(), status, "{}", &body[..body.len().min(80)]);
         let json: Value = response.json().await.unwrap();
         assert_eq!(json["error"], code, "{}", &body[..body.len().min(80)]);
+        let routed = send_from(Some("https://app.example"), token, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            routed.status(),
+            status,
+            "routed: {}",
+            &body[..body.len().min(80)]
+        );
+        assert_eq!(
+            routed.json::<Value>().await.unwrap(),
+            json,
+            "same answer routed"
+        );
+    }
+    // Without a JSON content type, the same refusal on both paths.
+    for origin in [None, Some("https://app.example")] {
+        let mut request = app.client.post(&url).bearer_auth(PUBLISH_TOKEN);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let response = request
+            .body(r#"{"member_id":"1","content":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{origin:?}");
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(json["error"], "bad_request");
+        assert!(
+            json["message"].as_str().unwrap().contains("Content-Type"),
+            "{json}"
+        );
     }
     // Null content is content.
     let response = send(ok, r#"{"member_id":"1","content":null}"#.to_owned())
