@@ -47,6 +47,7 @@
 -- too, so a live reader detects a gap in its own feed.
 
 local retention_ms = tonumber(ARGV[1])
+local retention_text = ARGV[1] -- for commands: a Lua number would be formatted back on every call
 
 local now = redis_now_ms()
 local now_ms = tonumber(now)
@@ -138,13 +139,13 @@ for _, p in ipairs(publishes) do
       if not last[1] or trim_interval(last[1][1]) ~= trim_interval(id) then
         redis.call('XTRIM', stream, 'MINID', '=', min_id)
       end
-      redis.call('PEXPIRE', stream, retention_ms)
+      redis.call('PEXPIRE', stream, retention_text)
 
       live_prev[live] = redis.call('XADD', live, 'MAXLEN', '~', ARGV[3], '*',
         'p', live_prev[live], 'm', member, 'i', id, 't', kind, 'c', content)
 
       if idem then
-        redis.call('SET', idem, id, 'PX', retention_ms)
+        redis.call('SET', idem, id, 'PX', retention_text)
         reads[idem] = id
       end
       result[#result + 1] = id
