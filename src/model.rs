@@ -363,13 +363,27 @@ fn push_json_string(s: &str, out: &mut String) {
 
 /// An SSE frame for one notification: `id:`, `event: notification`, one or more `data:` lines.
 pub fn notification_frame(entry: &Entry, member: &MemberId) -> String {
-    let mut json = String::with_capacity(96 + entry.kind.len() + entry.content.len());
-    entry.write_json(member, &mut json);
-    let mut frame = String::with_capacity(json.len() + 64);
-    let _ = write!(frame, "id: {}\nevent: notification\n", entry.id);
-    write_data_lines(&json, &mut frame);
-    frame.push('\n');
+    let mut frame = String::with_capacity(160 + entry.kind.len() + entry.content.len());
+    push_notification_frame(entry, member, &mut frame);
     frame
+}
+
+/// [`notification_frame`], appended to `out`. The JSON is written in place; only content with a
+/// raw line break (stored by an older writer) is split into `data:` lines afterwards.
+pub fn push_notification_frame(entry: &Entry, member: &MemberId, out: &mut String) {
+    let _ = write!(out, "id: {}\nevent: notification\n", entry.id);
+    let line = out.len();
+    out.push_str("data: ");
+    let json = out.len();
+    entry.write_json(member, out);
+    if out[json..].contains(['\r', '\n']) {
+        let payload = out.split_off(json);
+        out.truncate(line);
+        write_data_lines(&payload, out);
+    } else {
+        out.push('\n');
+    }
+    out.push('\n');
 }
 
 /// Writes `payload` as `data:` lines. SSE ends a line at `\r\n`, `\r` or `\n`, so each such break
@@ -540,6 +554,28 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Resume::from_hints(hints), Err(InvalidResume::LastMessage));
+    }
+
+    #[test]
+    fn frames_append_and_split_only_content_with_raw_line_breaks() {
+        let member: MemberId = "42".parse().unwrap();
+        let mut entry = Entry {
+            id: StreamId::new(5, 1),
+            prev: StreamId::ZERO,
+            kind: "follow".into(),
+            content: r#"{"a":"x\ny"}"#.into(),
+        };
+        let mut out = String::from(": before\n\n");
+        push_notification_frame(&entry, &member, &mut out);
+        assert_eq!(
+            out,
+            ": before\n\nid: 5-1\nevent: notification\ndata: {\"id\":\"5-1\",\"member_id\":\"42\",\"type\":\"follow\",\"content\":{\"a\":\"x\\ny\"},\"time\":5}\n\n"
+        );
+        entry.content = "{\n\"a\": 1\r\n}".into(); // stored pretty by an older writer
+        assert_eq!(
+            notification_frame(&entry, &member),
+            "id: 5-1\nevent: notification\ndata: {\"id\":\"5-1\",\"member_id\":\"42\",\"type\":\"follow\",\"content\":{\ndata: \"a\": 1\ndata: },\"time\":5}\n\n"
+        );
     }
 
     fn compact(text: &str) -> String {

@@ -25,7 +25,9 @@ use super::auth::Member;
 use super::error::ApiError;
 use crate::live::Subscription;
 use crate::metrics::Metrics;
-use crate::model::{Entry, MemberId, ReadState, Resume, ResumeHints, StreamId, notification_frame};
+use crate::model::{
+    Entry, MemberId, ReadState, Resume, ResumeHints, StreamId, push_notification_frame,
+};
 use crate::recovery;
 use crate::store::keys::partition_of;
 
@@ -264,7 +266,7 @@ impl Session {
             if entry.id <= self.last_sent {
                 continue; // a future position was clamped to the newest id
             }
-            out.push_str(&notification_frame(entry, &self.member));
+            push_notification_frame(entry, &self.member, out);
             self.last_sent = entry.id;
             replayed += 1;
         }
