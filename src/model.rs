@@ -304,10 +304,65 @@ impl ReadState {
     }
 }
 
-/// A notification's content as stored: the JSON text it was sent as, without the whitespace
-/// between tokens. So it is one line (a raw line break can only be such whitespace) and it keeps
-/// what the publisher wrote: key order, numbers beyond `f64`, escapes.
-pub fn compact_json(json: &serde_json::value::RawValue) -> String {
+/// A notification's content as stored: the JSON text it was sent as, checked as a parser would
+/// check it, without the whitespace between tokens (see [`compact_json`]).
+///
+/// A `RawValue` is only checked for syntax: an unpaired surrogate escape, a number beyond `f64`'s
+/// range or nesting past serde_json's limit would pass, be stored, and make a strict client's
+/// parser refuse every history page holding it. So the text is parsed once more here, without
+/// building anything.
+pub fn content_text(json: &serde_json::value::RawValue) -> Result<String, serde_json::Error> {
+    serde_json::from_str::<CheckedJson>(json.get())?;
+    Ok(compact_json(json))
+}
+
+/// Any JSON value, read through serde_json's full checks and kept nowhere.
+struct CheckedJson;
+
+impl<'de> Deserialize<'de> for CheckedJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckedJson)
+    }
+}
+
+impl<'de> de::Visitor<'de> for CheckedJson {
+    type Value = CheckedJson;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<CheckedJson>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<CheckedJson, CheckedJson>()?.is_some() {}
+        Ok(self)
+    }
+}
+
+/// The JSON text of `json` without the whitespace between tokens. So it is one line (a raw line
+/// break can only be such whitespace) and it keeps what the publisher wrote: key order, numbers
+/// beyond `f64`'s precision, escapes.
+fn compact_json(json: &serde_json::value::RawValue) -> String {
     let text = json.get();
     let mut out = String::with_capacity(text.len());
     let (mut in_string, mut escaped) = (false, false);
@@ -580,6 +635,31 @@ mod tests {
 
     fn compact(text: &str) -> String {
         compact_json(&serde_json::from_str::<Box<serde_json::value::RawValue>>(text).unwrap())
+    }
+
+    #[test]
+    fn content_a_json_parser_would_refuse_is_refused() {
+        let nested = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for bad in [
+            r#""\ud800""#,
+            r#"{"a":["x\udc00y"]}"#,
+            "1e400",
+            "-1e400",
+            &nested,
+        ] {
+            let raw = serde_json::from_str::<Box<serde_json::value::RawValue>>(bad);
+            // serde_json's own syntax check lets these through; the content check must not.
+            let raw = raw.unwrap_or_else(|error| panic!("{bad:.20}: {error}"));
+            assert!(content_text(&raw).is_err(), "{bad:.20} accepted");
+        }
+        let fine = serde_json::from_str::<Box<serde_json::value::RawValue>>(
+            r#"{"a": [1e300, "\ud83d\ude00", 123456789012345678901234567890, null, true]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            content_text(&fine).unwrap(),
+            r#"{"a":[1e300,"\ud83d\ude00",123456789012345678901234567890,null,true]}"#
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `POST /notifications`: validate, then one `Store::append` (API.md, publish).
 //!
-//! Publishing is most of the service's request traffic, so hyper hands a plain publish (one
-//! without `Origin`: not a browser's, nothing for CORS to add) to [`direct`], which skips the
-//! router and its layers and keeps what they do for it: the request's span, the deadline, the
-//! body limit, and the same extractors, so every answer is the routed one, byte for byte.
+//! Publishing is most of the service's request traffic, so hyper hands a plain publish to
+//! [`direct`], which skips the router and its layers and keeps what they do for it: the request's
+//! span and its events, the deadline, the body limit, and the same extractors, so every answer is
+//! the routed one. Plain: without `Origin` (not a browser's) and with no CORS configured (the CORS
+//! layer adds `Vary` and `Access-Control-Allow-Credentials` to every response).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,12 +20,13 @@ use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, OnRequest as _, OnResponse as _};
 use tracing::Instrument as _;
 
 use super::auth::Publisher;
 use super::error::ApiError;
 use super::{AppState, MAX_BODY};
-use crate::model::{IdempotencyKey, Kind, MemberId, compact_json};
+use crate::model::{IdempotencyKey, Kind, MemberId, content_text};
 use crate::store::NewNotification;
 
 /// Most members one request may address; larger fan-outs are split by the caller.
@@ -60,16 +62,19 @@ pub async fn publish(
 }
 
 /// Whether hyper may give `request` to [`direct`] instead of the router.
-pub fn is_direct<B>(request: &Request<B>) -> bool {
+pub fn is_direct<B>(request: &Request<B>, app: &AppState) -> bool {
     request.method() == Method::POST
         && request.uri().path() == PATH
         && !request.headers().contains_key(ORIGIN)
+        && app.config.cors_origins.is_empty()
 }
 
 /// [`publish`] without the router: the same extractors in the same order, within the same span
 /// and deadline as a routed request.
 pub async fn direct(app: Arc<AppState>, request: Request<hyper::body::Incoming>) -> Response {
     let span = super::request_span(&request);
+    let started = Instant::now();
+    DefaultOnRequest::default().on_request(&request, &span);
     let answer = async move {
         let (mut parts, body) = request.into_parts();
         if let Err(error) = Publisher::from_request_parts(&mut parts, &app).await {
@@ -85,12 +90,7 @@ pub async fn direct(app: Arc<AppState>, request: Request<hyper::body::Incoming>)
     let response = super::within_deadline(answer)
         .instrument(span.clone())
         .await;
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            "finished processing request"
-        )
-    });
+    DefaultOnResponse::default().on_response(&response, started.elapsed(), &span);
     response
 }
 
@@ -106,11 +106,15 @@ async fn store(
         kind,
         content,
     }) = body?;
+    // One line: no raw line break reaches the SSE framing.
+    let content = content
+        .map(|content| content_text(&content))
+        .transpose()
+        .map_err(|error| ApiError::bad_request(format!("content is not valid JSON: {error}")))?;
     let members = members(member_id, member_ids)?;
     let content = content.ok_or_else(|| ApiError::bad_request("content is required"))?;
     let idempotency_key = idempotency_key?;
     let started = Instant::now();
-    let content = compact_json(&content); // one line: no raw line breaks reach the SSE framing
     let note = NewNotification {
         members: &members,
         kind: &kind,

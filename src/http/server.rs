@@ -526,7 +526,7 @@ async fn hyper(
     shutdown: CancellationToken,
 ) {
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        if publish::is_direct(&request) {
+        if publish::is_direct(&request, &app) {
             Either::Left(publish::direct(std::sync::Arc::clone(&app), request).map(Ok))
         } else {
             Either::Right(router.clone().oneshot(request))

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
-use crate::model::{IdempotencyKey, Kind, MemberId, compact_json};
+use crate::model::{IdempotencyKey, Kind, MemberId, content_text};
 
 /// A record that can be stored.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub enum Undecodable {
     BadKind,
     #[error("value has no content")]
     NoContent,
+    #[error("content is not valid JSON: {0}")]
+    BadContent(String),
     #[error("idempotency-key header: {0}")]
     BadIdempotencyKey(crate::model::InvalidIdempotencyKey),
 }
@@ -43,7 +45,7 @@ pub enum Undecodable {
 /// value when the key is empty).
 pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, Undecodable> {
     let value = value.ok_or(Undecodable::NoValue)?;
-    // Each member as sent: the content is stored as it was written (`compact_json`).
+    // Each member as sent: the content is stored as it was written (`content_text`).
     let Ok(mut object) = serde_json::from_slice::<HashMap<String, Box<RawValue>>>(value) else {
         return Err(Undecodable::NotAnObject);
     };
@@ -67,7 +69,8 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, Undec
     Ok(Decoded {
         member,
         kind,
-        content: compact_json(&content),
+        content: content_text(&content)
+            .map_err(|error| Undecodable::BadContent(error.to_string()))?,
     })
 }
 
@@ -129,7 +132,7 @@ mod tests {
     #[test]
     fn undecodable_records_say_why() {
         type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str);
-        let cases: [Case<'_>; 7] = [
+        let cases: [Case<'_>; 9] = [
             (Some(b"1"), None, "no value"),
             (Some(b"1"), Some(b"not json"), "not a JSON object"),
             (Some(b"1"), Some(b"[1,2]"), "not a JSON object"),
@@ -144,6 +147,16 @@ mod tests {
                 Some(b"1"),
                 Some(br#"{"type":5,"content":1}"#),
                 "type must be",
+            ),
+            (
+                Some(b"1"),
+                Some(br#"{"content":"\ud800"}"#),
+                "content is not valid JSON",
+            ),
+            (
+                Some(b"1"),
+                Some(br#"{"content":[1e400]}"#),
+                "content is not valid JSON",
             ),
         ];
         for (key, value, reason) in cases {

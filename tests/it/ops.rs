@@ -131,6 +131,20 @@ async fn cors_allows_configured_origins_with_credentials_and_polyfill_preflights
             .get("access-control-allow-origin")
             .is_none()
     );
+    // A backend's publish (no Origin) still gets what the CORS layer adds to every response.
+    let published = app
+        .publish_raw(json!({"member_id": "42", "content": 1}), &[])
+        .await;
+    assert_eq!(published.status(), 201);
+    assert_eq!(
+        published.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    assert!(
+        published.headers().contains_key("vary"),
+        "{:?}",
+        published.headers()
+    );
     app.stop().await;
 }
 

@@ -170,6 +170,19 @@ async fn bad_publish_requests_get_clear_json_errors() {
             400,
             "bad_request",
         ),
+        // What a JSON parser refuses is refused, though a raw value's syntax check lets it pass.
+        (
+            ok,
+            r#"{"member_id":"1","content":{"a":"\ud800"}}"#.to_owned(),
+            400,
+            "bad_request",
+        ),
+        (
+            ok,
+            r#"{"member_id":"1","content":[1e400]}"#.to_owned(),
+            400,
+            "bad_request",
+        ),
         (
             ok,
             format!(r#"{{"member_id":"1","content":"{}"}}"#, "x".repeat(70_000)),
