@@ -58,9 +58,15 @@ async fn read_head(
 pub struct EventStream {
     socket: TcpStream,
     dechunk: Option<Dechunker>,
+    /// Bytes read and not parsed yet (the head's leftover, then each read).
     pending: Vec<u8>,
+    /// The dechunked body of the last read.
+    body: Vec<u8>,
     pub parser: Parser,
 }
+
+/// Bytes one read of an event stream asks for.
+const READ_BUFFER: usize = 16 * 1024;
 
 impl EventStream {
     pub async fn open(
@@ -80,29 +86,33 @@ impl EventStream {
             socket,
             dechunk: chunked.then(Dechunker::default),
             pending: rest,
+            body: Vec::new(),
             parser: Parser::default(),
         })
     }
 
     /// The events completed by the next bytes; `None` once the server closed the stream.
     pub async fn next_events(&mut self) -> anyhow::Result<Option<Vec<Event>>> {
-        let mut bytes = std::mem::take(&mut self.pending);
-        if bytes.is_empty() {
-            let mut chunk = vec![0u8; 16 * 1024];
-            let n = self.socket.read(&mut chunk).await?;
+        if self.pending.is_empty() {
+            // The buffer is the stream's own, kept: no allocation (or zeroing) per read.
+            self.pending.reserve(READ_BUFFER);
+            let n = self.socket.read_buf(&mut self.pending).await?;
             if n == 0 {
                 return Ok(None);
             }
-            chunk.truncate(n);
-            bytes = chunk;
         }
-        let body = match &mut self.dechunk {
+        let events = match &mut self.dechunk {
             // The last chunk ends the response even though the connection stays open.
             Some(dechunk) if dechunk.finished => return Ok(None),
-            Some(dechunk) => dechunk.feed(&bytes),
-            None => bytes,
+            Some(dechunk) => {
+                dechunk.feed(&self.pending, &mut self.body);
+                let events = self.parser.feed(&self.body);
+                self.body.clear();
+                events
+            }
+            None => self.parser.feed(&self.pending),
         };
-        let events = self.parser.feed(&body);
+        self.pending.clear();
         if events.is_empty() && self.dechunk.as_ref().is_some_and(|d| d.finished) {
             return Ok(None);
         }
@@ -122,8 +132,8 @@ struct Dechunker {
 }
 
 impl Dechunker {
-    fn feed(&mut self, mut bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(bytes.len());
+    /// Appends the chunk data in `bytes` to `out`.
+    fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
         while !bytes.is_empty() {
             if self.trailer > 0 {
                 let skip = self.trailer.min(bytes.len());
@@ -154,7 +164,6 @@ impl Dechunker {
                 }
             }
         }
-        out
     }
 }
 
@@ -263,7 +272,10 @@ mod tests {
         let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
         for piece in 1..wire.len() {
             let mut dechunker = Dechunker::default();
-            let out: Vec<u8> = wire.chunks(piece).flat_map(|c| dechunker.feed(c)).collect();
+            let mut out = Vec::new();
+            for chunk in wire.chunks(piece) {
+                dechunker.feed(chunk, &mut out);
+            }
             assert_eq!(out, b"hello, world", "piece {piece}");
             assert!(
                 dechunker.finished,

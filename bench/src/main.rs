@@ -385,6 +385,17 @@ struct SampleContent {
     t: u64,
 }
 
+/// A replayed notification's number (other fields are not looked at, so not parsed into a tree).
+#[derive(serde::Deserialize)]
+struct Numbered {
+    content: NumberedContent,
+}
+
+#[derive(serde::Deserialize)]
+struct NumberedContent {
+    seq: u64,
+}
+
 /// What one subscriber saw.
 #[derive(Default)]
 struct Seen {
@@ -701,6 +712,7 @@ async fn replay(target: &Target, members: usize, missed: usize) -> anyhow::Resul
 
     let cpu = |pid: Option<u32>| pid.and_then(|p| probe::cpu_seconds(p).ok());
     let (server_cpu0, redis_cpu0) = (cpu(target.server_pid), cpu(target.redis_pid));
+    let loadgen_cpu0 = cpu(Some(std::process::id()));
     let started = Instant::now();
     let mut clients = Vec::with_capacity(members);
     for (member, anchor) in names.iter().zip(anchors) {
@@ -718,11 +730,8 @@ async fn replay(target: &Target, members: usize, missed: usize) -> anyhow::Resul
                     .await?
                     .context("closed before catching up")?;
                 for event in events.iter().filter(|e| target.is_notification(e)) {
-                    let data: Value = serde_json::from_str(&event.data)?;
-                    anyhow::ensure!(
-                        data["content"]["seq"].as_u64() == Some(next as u64),
-                        "out of order or duplicate"
-                    );
+                    let data: Numbered = serde_json::from_str(&event.data)?;
+                    anyhow::ensure!(data.content.seq == next as u64, "out of order or duplicate");
                     next += 1;
                 }
             }
@@ -754,6 +763,7 @@ async fn replay(target: &Target, members: usize, missed: usize) -> anyhow::Resul
         "caught_up_s_p99": percentile(&caught_up, 0.99) as f64 / 1e6,
         "server_cpu_seconds": cpu(target.server_pid).zip(server_cpu0).map(|(b, a)| ((b - a) * 100.0).round() / 100.0),
         "redis_cpu_seconds": cpu(target.redis_pid).zip(redis_cpu0).map(|(b, a)| ((b - a) * 100.0).round() / 100.0),
+        "loadgen_cpu_seconds": cpu(Some(std::process::id())).zip(loadgen_cpu0).map(|(b, a)| ((b - a) * 100.0).round() / 100.0),
     }))
 }
 

@@ -47,21 +47,38 @@ impl Parser {
         events
     }
 
-    fn bytes(&mut self, bytes: &[u8], events: &mut Vec<Event>) {
-        for &byte in bytes {
-            let after_cr = std::mem::take(&mut self.after_cr);
-            match byte {
-                b'\n' if after_cr => {}
-                b'\n' | b'\r' => {
-                    self.after_cr = byte == b'\r';
-                    let line = std::mem::take(&mut self.line);
-                    if let Some(event) = self.line_done(&line) {
-                        events.push(event);
-                    }
+    /// Whole lines are handled straight from `bytes`; only a line split across reads is copied
+    /// (into `line`, whose capacity is kept), so the generator's cost per event stays small.
+    fn bytes(&mut self, mut bytes: &[u8], events: &mut Vec<Event>) {
+        if bytes.is_empty() {
+            return; // a read of chunk framing only: a pending CR still waits for its LF
+        }
+        if std::mem::take(&mut self.after_cr) && bytes[0] == b'\n' {
+            bytes = &bytes[1..];
+        }
+        while let Some(at) = memchr::memchr2(b'\n', b'\r', bytes) {
+            let event = if self.line.is_empty() {
+                self.line_done(&bytes[..at])
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&bytes[..at]);
+                let event = self.line_done(&line);
+                line.clear();
+                self.line = line;
+                event
+            };
+            events.extend(event);
+            let cr = bytes[at] == b'\r';
+            bytes = &bytes[at + 1..];
+            if cr {
+                match bytes.first() {
+                    Some(b'\n') => bytes = &bytes[1..],
+                    Some(_) => {}
+                    None => self.after_cr = true,
                 }
-                _ => self.line.push(byte),
             }
         }
+        self.line.extend_from_slice(bytes);
     }
 
     fn line_done(&mut self, line: &[u8]) -> Option<Event> {
@@ -130,6 +147,18 @@ mod tests {
             assert_eq!(parser.retry, Some(3000));
             assert_eq!(parser.comments, 1);
         }
+    }
+
+    #[test]
+    fn a_crlf_split_by_an_empty_read_is_one_line_break() {
+        let mut parser = Parser::default();
+        let mut events = parser.feed(b"data: a\r");
+        events.extend(parser.feed(b""));
+        events.extend(parser.feed(b"\ndata: b\r\n\r"));
+        events.extend(parser.feed(b""));
+        events.extend(parser.feed(b"\n"));
+        assert_eq!(events.len(), 1, "one event: {events:?}");
+        assert_eq!(events[0].data, "a\nb");
     }
 
     #[test]
