@@ -134,6 +134,7 @@ figures = [
     ("replay-storm", None, "caught_up_s_p99", "replay storm: client caught up, p99 (s)"),
     ("replay-storm", None, "server_cpu_seconds", "replay storm: server CPU (s)"),
     ("replay-storm", None, "redis_cpu_seconds", "replay storm: Redis CPU (s)"),
+    ("replay-storm", None, "loadgen_cpu_seconds", "replay storm: load generator CPU (s)"),
 ]
 for scenario, streams, field, label in figures:
     ours, theirs = median(scenario, "sse-notify", field, streams), median(scenario, "nchan", field, streams)
