@@ -15,6 +15,7 @@ pub mod legacy;
 mod scripts;
 mod target;
 mod topology;
+mod wire;
 
 pub use target::{PublishWait, RedisServers, RedisTarget, RedisTls, TargetError};
 
@@ -57,6 +58,9 @@ pub enum StoreError {
     /// the load): nothing was stored.
     #[error("redis is too slow for the load: the publish waited too long and was not sent")]
     Busy,
+    /// A read on the replay's own connections failed.
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
 }
 
 impl StoreError {
@@ -70,6 +74,7 @@ impl StoreError {
                     || (error.is_connection_dropped() && !error.is_connection_refusal())
             }
             Self::Reply(_) | Self::Busy => false,
+            Self::Wire(error) => !matches!(error, wire::WireError::Server(_)),
             Self::NotReplicated { .. } | Self::Abandoned => true,
             Self::Shared(error) => error.outcome_unknown(),
         }
@@ -199,6 +204,12 @@ struct Inner {
     evicting: [AtomicBool; keys::PARTITIONS],
     /// Concurrent publishes share script calls (standalone Redis; started on first use).
     group: group::GroupCommit,
+    /// Where replay reads go on connections of their own, decoded in place (`wire`): a
+    /// standalone Redis over plain TCP; `None` otherwise (they take the redis crate's).
+    wire_to: Option<redis::ConnectionInfo>,
+    /// Those connections, idle. Only reads holding a `reads` turn use them, so there are at most
+    /// `CONCURRENT_READS`.
+    wires: Mutex<Vec<wire::Wire>>,
 }
 
 impl Store {
@@ -210,9 +221,14 @@ impl Store {
         max_per_member: u64,
         publish_wait: Option<PublishWait>,
     ) -> Result<Self, StoreError> {
+        let redis = Redis::open(target)?;
+        let wire_to = redis
+            .standalone_info()
+            .filter(|info| matches!(info.addr(), redis::ConnectionAddr::Tcp(..)))
+            .cloned();
         Ok(Self {
             inner: Arc::new(Inner {
-                redis: Redis::open(target)?,
+                redis,
                 reads: Semaphore::new(CONCURRENT_READS),
                 retention,
                 max_per_member,
@@ -220,6 +236,8 @@ impl Store {
                 seen: Default::default(),
                 evicting: Default::default(),
                 group: group::GroupCommit::default(),
+                wire_to,
+                wires: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -540,15 +558,118 @@ impl Store {
         let partition = keys::partition_of(member);
         let seen = self.seen(partition);
         let stream = keys::stream(member);
-        let mut script = scripts::REPLAY.key(&stream);
-        script
-            .key(keys::epoch(partition))
-            .key(keys::fanout(partition))
-            .key(keys::read_position(member))
-            .arg(start.to_string())
-            .arg(seen.to_string())
-            .arg(self.retention_floor().to_string())
-            .arg(as_of.map(|id| id.to_string()).unwrap_or_default());
+        let keys = [
+            stream.clone(),
+            keys::epoch(partition),
+            keys::fanout(partition).to_owned(),
+            keys::read_position(member),
+        ];
+        let args = [
+            start.to_string(),
+            seen.to_string(),
+            self.retention_floor().to_string(),
+            as_of.map(|id| id.to_string()).unwrap_or_default(),
+        ];
+        let (state, entries) = match self.replay_on_wire(&keys, &args, count).await {
+            Some(replied) => replied?,
+            None => self.replay_on_redis(&keys, &args, count).await?,
+        };
+        let [epoch, now, newest, lost_at, read_up_to, unread, as_of]: [Value; 7] = state
+            .try_into()
+            .map_err(|_| StoreError::Reply("replay script returned the wrong shape"))?;
+        let lost_at = optional_id(&lost_at)?;
+        if let Some(marker) = lost_at {
+            self.forget_lost(partition, seen, marker);
+            tracing::warn!(partition, %seen, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
+        }
+        Ok(ReplayHead {
+            snapshot: Snapshot {
+                epoch_ms: number(&epoch)?,
+                now_ms: number(&now)?,
+                newest: optional_id(&newest)?,
+            },
+            entries,
+            lost: lost_at.is_some(),
+            read: read_state(&read_up_to, &unread, &as_of)?,
+        })
+    }
+
+    /// [`Store::replay_head`]'s read on the replay's own connection: `replay.lua` and the page's
+    /// `XRANGE` in one MULTI/EXEC, the page decoded in place; `None` when Redis is not reached
+    /// that way. A Redis that forgot the script gets it loaded and is asked once more.
+    async fn replay_on_wire(
+        &self,
+        keys: &[String; 4],
+        args: &[String; 4],
+        count: usize,
+    ) -> Option<Result<(Vec<Value>, Vec<Entry>), StoreError>> {
+        let mut request = Vec::with_capacity(256);
+        wire::command(&mut request, &[b"MULTI"]);
+        let mut call: Vec<&[u8]> = vec![b"EVALSHA", scripts::REPLAY.get_hash().as_bytes(), b"4"];
+        call.extend(keys.iter().chain(args).map(|text| text.as_bytes()));
+        wire::command(&mut request, &call);
+        let (from, count) = (format!("({}", args[0]), count.to_string());
+        let page: [&[u8]; 6] = [
+            b"XRANGE",
+            keys[0].as_bytes(),
+            from.as_bytes(),
+            b"+",
+            b"COUNT",
+            count.as_bytes(),
+        ];
+        wire::command(&mut request, &page);
+        wire::command(&mut request, &[b"EXEC"]);
+        let decode = |replies: Vec<wire::Reply<'_>>| -> Result<_, StoreError> {
+            let [multi, queued, also_queued, exec]: [wire::Reply<'_>; 4] = replies
+                .try_into()
+                .map_err(|_| StoreError::Reply("replay transaction returned the wrong shape"))?;
+            for reply in [multi, queued, also_queued] {
+                reply.bytes()?; // an error: NOSCRIPT at queueing, say
+            }
+            let [state, page]: [wire::Reply<'_>; 2] = exec
+                .into_array()?
+                .try_into()
+                .map_err(|_| StoreError::Reply("replay transaction returned the wrong shape"))?;
+            let state = state.into_array()?;
+            if let Some(wire::Reply::Error(message)) =
+                state.iter().find(|r| matches!(r, wire::Reply::Error(_)))
+            {
+                return Err(wire::WireError::server(message).into());
+            }
+            let state = state.iter().map(wire_value).collect();
+            Ok((state, wire_entries(page)?))
+        };
+        match self.on_wire(&request, 4, &decode).await? {
+            Err(StoreError::Wire(error)) if error.is_noscript() => {
+                let loaded = match self.commands().await {
+                    Ok(mut commands) => scripts::REPLAY.load_async(&mut commands).await,
+                    Err(error) => return Some(Err(error)),
+                };
+                if let Err(error) = loaded {
+                    return Some(Err(error.into()));
+                }
+                self.on_wire(&request, 4, &decode).await
+            }
+            other => Some(other),
+        }
+    }
+
+    /// [`Store::replay_head`]'s read through the redis crate: on a standalone Redis
+    /// `replay.lua` and an `XRANGE` in one MULTI/EXEC, on a cluster `replay.lua` alone, returning
+    /// the page too (all keys in one slot).
+    async fn replay_on_redis(
+        &self,
+        keys: &[String; 4],
+        args: &[String; 4],
+        count: usize,
+    ) -> Result<(Vec<Value>, Vec<Entry>), StoreError> {
+        let mut script = scripts::REPLAY.prepare_invoke();
+        for key in keys {
+            script.key(key);
+        }
+        for arg in args {
+            script.arg(arg);
+        }
         let (state, entries) = if self.is_cluster() {
             // One command, which the cluster client redirects and retries through a failover or
             // a slot move; inside MULTI a redirect would only abort the transaction.
@@ -566,8 +687,8 @@ impl Store {
             pipe.atomic()
                 .invoke_script(&script)
                 .cmd("XRANGE")
-                .arg(&stream)
-                .arg(format!("({start}"))
+                .arg(&keys[0])
+                .arg(format!("({}", args[0]))
                 .arg("+")
                 .arg("COUNT")
                 .arg(count);
@@ -581,24 +702,66 @@ impl Store {
             };
             (state, entries)
         };
-        let [epoch, now, newest, lost_at, read_up_to, unread, as_of]: [Value; 7] = state
-            .try_into()
-            .map_err(|_| StoreError::Reply("replay script returned the wrong shape"))?;
-        let lost_at = optional_id(&lost_at)?;
-        if let Some(marker) = lost_at {
-            self.forget_lost(partition, seen, marker);
-            tracing::warn!(partition, %seen, %marker, "redis lost notifications this instance saw; clients positioned before now will be told recovered: false");
-        }
-        Ok(ReplayHead {
-            snapshot: Snapshot {
-                epoch_ms: number(&epoch)?,
-                now_ms: number(&now)?,
-                newest: optional_id(&newest)?,
+        Ok((state, member_entries(entries)?))
+    }
+
+    /// One exchange on an idle replay connection (a new one when none is idle); `None` when
+    /// Redis is not reached that way. A kept connection that turns out closed (Redis restarted
+    /// since) is replaced once: these are reads, safe to ask again.
+    async fn on_wire<T>(
+        &self,
+        request: &[u8],
+        replies: usize,
+        decode: &impl Fn(Vec<wire::Reply<'_>>) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        let info = self.inner.wire_to.as_ref()?;
+        let kept = self
+            .inner
+            .wires
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let fresh = || async {
+            match wire::Wire::connect(info, CONNECT_TIMEOUT).await {
+                Ok(Some(wire)) => Ok(wire),
+                Ok(None) => Err(StoreError::Reply("redis is not reached over plain TCP")),
+                Err(error) => Err(error.into()),
+            }
+        };
+        let reused = kept.is_some();
+        let mut wire = match kept {
+            Some(wire) => wire,
+            None => match fresh().await {
+                Ok(wire) => wire,
+                Err(error) => return Some(Err(error)),
             },
-            entries: member_entries(entries)?,
-            lost: lost_at.is_some(),
-            read: read_state(&read_up_to, &unread, &as_of)?,
-        })
+        };
+        let mut result = wire
+            .exchange(request, replies, RESPONSE_TIMEOUT, decode)
+            .await;
+        if reused && matches!(&result, Err(StoreError::Wire(error)) if error.connection_lost()) {
+            wire = match fresh().await {
+                Ok(wire) => wire,
+                Err(error) => return Some(Err(error)),
+            };
+            result = wire
+                .exchange(request, replies, RESPONSE_TIMEOUT, decode)
+                .await;
+        }
+        // Whole replies were read unless the connection failed: then it is dropped.
+        let in_step = match &result {
+            Ok(_) => true,
+            Err(StoreError::Wire(error)) => matches!(error, wire::WireError::Server(_)),
+            Err(_) => true,
+        };
+        if in_step {
+            self.inner
+                .wires
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(wire);
+        }
+        Some(result)
     }
 
     /// The id just before the retention window: entries after it are retained.
@@ -677,12 +840,31 @@ impl Store {
         count: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let _turn = self.read_turn().await?;
+        let (stream, from, count) = (keys::stream(member), format!("({after}"), count.to_string());
+        let mut request = Vec::with_capacity(128);
+        wire::command(
+            &mut request,
+            &[
+                b"XRANGE",
+                stream.as_bytes(),
+                from.as_bytes(),
+                b"+",
+                b"COUNT",
+                count.as_bytes(),
+            ],
+        );
+        let decode = |mut replies: Vec<wire::Reply<'_>>| {
+            wire_entries(replies.pop().unwrap_or(wire::Reply::Nil))
+        };
+        if let Some(read) = self.on_wire(&request, 1, &decode).await {
+            return read;
+        }
         let reply: Value = redis::cmd("XRANGE")
-            .arg(keys::stream(member))
-            .arg(format!("({after}"))
+            .arg(&stream)
+            .arg(&from)
             .arg("+")
             .arg("COUNT")
-            .arg(count)
+            .arg(&count)
             .query_async(&mut self.commands().await?)
             .await?;
         member_entries(reply)
@@ -983,11 +1165,50 @@ fn entries(reply: Value) -> Result<Vec<RawEntry>, StoreError> {
 fn member_entries(reply: Value) -> Result<Vec<Entry>, StoreError> {
     entries(reply)?
         .into_iter()
-        .map(|(id, fields)| entry(id, fields))
+        .map(|(id, fields)| entry(id, fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))))
         .collect()
 }
 
-fn entry(id: StreamId, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Entry, StoreError> {
+/// A member stream range read on the replay's own connection, decoded in place.
+fn wire_entries(page: wire::Reply<'_>) -> Result<Vec<Entry>, StoreError> {
+    page.into_array()?
+        .into_iter()
+        .map(|item| {
+            let wire::Reply::Array(pair) = item else {
+                return Err(StoreError::Reply("stream entry is not a pair"));
+            };
+            let [id, wire::Reply::Array(fields)]: [wire::Reply<'_>; 2] = pair
+                .try_into()
+                .map_err(|_| StoreError::Reply("stream entry is not a pair"))?
+            else {
+                return Err(StoreError::Reply("stream entry is not a pair"));
+            };
+            let fields = fields
+                .chunks_exact(2)
+                .map_while(|pair| Some((pair[0].bytes().ok()?, pair[1].bytes().ok()?)));
+            entry(parse_id(id.bytes()?)?, fields)
+        })
+        .collect()
+}
+
+/// A short reply of the replay's own connection as the redis crate would have given it (the
+/// script's scalars, for the helpers shared with the other paths).
+fn wire_value(reply: &wire::Reply<'_>) -> Value {
+    match reply {
+        wire::Reply::Status(text) | wire::Reply::Error(text) => {
+            Value::SimpleString(String::from_utf8_lossy(text).into_owned())
+        }
+        wire::Reply::Int(n) => Value::Int(*n),
+        wire::Reply::Bulk(bytes) => Value::BulkString(bytes.to_vec()),
+        wire::Reply::Nil => Value::Nil,
+        wire::Reply::Array(items) => Value::Array(items.iter().map(wire_value).collect()),
+    }
+}
+
+fn entry<'a>(
+    id: StreamId,
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<Entry, StoreError> {
     let mut entry = Entry {
         id,
         prev: StreamId::ZERO,
@@ -996,11 +1217,11 @@ fn entry(id: StreamId, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Entry, StoreEr
     };
     let mut has_content = false;
     for (name, value) in fields {
-        match name.as_slice() {
-            b"p" => entry.prev = parse_id(&value)?,
-            b"t" => entry.kind = utf8(value)?,
+        match name {
+            b"p" => entry.prev = parse_id(value)?,
+            b"t" => entry.kind = text(value)?,
             b"c" => {
-                entry.content = utf8(value)?;
+                entry.content = text(value)?;
                 has_content = true;
             }
             _ => {}
@@ -1082,7 +1303,10 @@ fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
         let note_id = note_id.ok_or(StoreError::Reply("fan-out entry lacks i"))?;
         Fanned::Notification {
             member,
-            entry: entry(note_id, rest)?,
+            entry: entry(
+                note_id,
+                rest.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+            )?,
         }
     };
     Ok(LiveEntry { id, prev, what })
@@ -1140,6 +1364,12 @@ fn parse_id(bytes: &[u8]) -> Result<StreamId, StoreError> {
 
 fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {
     String::from_utf8(bytes).map_err(|_| StoreError::Reply("stream field is not UTF-8"))
+}
+
+fn text(bytes: &[u8]) -> Result<String, StoreError> {
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| StoreError::Reply("stream field is not UTF-8"))
 }
 
 #[cfg(test)]

@@ -186,6 +186,14 @@ pub enum Redis {
 }
 
 impl Redis {
+    /// The standalone server's address and settings (`None` for a cluster).
+    pub fn standalone_info(&self) -> Option<&ConnectionInfo> {
+        match self {
+            Self::Standalone(standalone) => Some(standalone.client.get_connection_info()),
+            Self::Cluster { .. } => None,
+        }
+    }
+
     /// Prepares the connections without connecting.
     pub fn open(target: &RedisTarget) -> Result<Self, StoreError> {
         let tls = &target.tls;
