@@ -183,6 +183,10 @@ pub struct Marked {
 /// command connection, where the late ones would time out and be told to retry.
 const CONCURRENT_READS: usize = 64;
 
+/// Replay connections kept idle between reads: enough for steady reconnects; a storm's extra
+/// ones (up to `CONCURRENT_READS`) close when it is over.
+const KEPT_WIRES: usize = 8;
+
 /// The only door to Redis; a cheap handle (every request and open stream holds one).
 #[derive(Clone)]
 pub struct Store {
@@ -207,9 +211,11 @@ struct Inner {
     /// Where replay reads go on connections of their own, decoded in place (`wire`): a
     /// standalone Redis over plain TCP; `None` otherwise (they take the redis crate's).
     wire_to: Option<redis::ConnectionInfo>,
-    /// Those connections, idle. Only reads holding a `reads` turn use them, so there are at most
-    /// `CONCURRENT_READS`.
+    /// Those connections, idle (at most `KEPT_WIRES`). Only reads holding a `reads` turn use
+    /// them, so there are at most `CONCURRENT_READS` at once.
     wires: Mutex<Vec<wire::Wire>>,
+    /// `replay.lua` was loaded on the standalone Redis (it may have forgotten it since).
+    replay_loaded: AtomicBool,
 }
 
 impl Store {
@@ -238,6 +244,7 @@ impl Store {
                 group: group::GroupCommit::default(),
                 wire_to,
                 wires: Mutex::new(Vec::new()),
+                replay_loaded: AtomicBool::new(false),
             }),
         })
     }
@@ -639,19 +646,31 @@ impl Store {
             let state = state.iter().map(wire_value).collect();
             Ok((state, wire_entries(page)?))
         };
+        self.inner.wire_to.as_ref()?;
+        // A NOSCRIPT answer comes with the whole page, read for nothing: the script is loaded
+        // before the first replay, and again only when Redis forgot it.
+        if !self.inner.replay_loaded.load(Ordering::Relaxed)
+            && let Err(error) = self.load_replay_script().await
+        {
+            return Some(Err(error));
+        }
         match self.on_wire(&request, 4, &decode).await? {
             Err(StoreError::Wire(error)) if error.is_noscript() => {
-                let loaded = match self.commands().await {
-                    Ok(mut commands) => scripts::REPLAY.load_async(&mut commands).await,
-                    Err(error) => return Some(Err(error)),
-                };
-                if let Err(error) = loaded {
-                    return Some(Err(error.into()));
+                if let Err(error) = self.load_replay_script().await {
+                    return Some(Err(error));
                 }
                 self.on_wire(&request, 4, &decode).await
             }
             other => Some(other),
         }
+    }
+
+    async fn load_replay_script(&self) -> Result<(), StoreError> {
+        scripts::REPLAY
+            .load_async(&mut self.commands().await?)
+            .await?;
+        self.inner.replay_loaded.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// [`Store::replay_head`]'s read through the redis crate: on a standalone Redis
@@ -707,7 +726,9 @@ impl Store {
 
     /// One exchange on an idle replay connection (a new one when none is idle); `None` when
     /// Redis is not reached that way. A kept connection that turns out closed (Redis restarted
-    /// since) is replaced once: these are reads, safe to ask again.
+    /// since) is replaced once: these are reads, safe to ask again. A connection that failed is
+    /// dropped, and every idle one with it: they reached the same server, so they are as suspect
+    /// (a server gone silent must not be waited out once per idle connection).
     async fn on_wire<T>(
         &self,
         request: &[u8],
@@ -715,12 +736,7 @@ impl Store {
         decode: &impl Fn(Vec<wire::Reply<'_>>) -> Result<T, StoreError>,
     ) -> Option<Result<T, StoreError>> {
         let info = self.inner.wire_to.as_ref()?;
-        let kept = self
-            .inner
-            .wires
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let kept = self.idle_wires().pop();
         let fresh = || async {
             match wire::Wire::connect(info, CONNECT_TIMEOUT).await {
                 Ok(Some(wire)) => Ok(wire),
@@ -740,6 +756,7 @@ impl Store {
             .exchange(request, replies, RESPONSE_TIMEOUT, decode)
             .await;
         if reused && matches!(&result, Err(StoreError::Wire(error)) if error.connection_lost()) {
+            self.idle_wires().clear();
             wire = match fresh().await {
                 Ok(wire) => wire,
                 Err(error) => return Some(Err(error)),
@@ -748,20 +765,22 @@ impl Store {
                 .exchange(request, replies, RESPONSE_TIMEOUT, decode)
                 .await;
         }
-        // Whole replies were read unless the connection failed: then it is dropped.
-        let in_step = match &result {
-            Ok(_) => true,
-            Err(StoreError::Wire(error)) => matches!(error, wire::WireError::Server(_)),
-            Err(_) => true,
-        };
-        if in_step {
-            self.inner
-                .wires
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(wire);
+        // Whole replies were read unless the connection itself failed.
+        let failed = matches!(&result, Err(StoreError::Wire(error)) if !matches!(error, wire::WireError::Server(_)));
+        let mut idle = self.idle_wires();
+        if failed {
+            idle.clear();
+        } else if idle.len() < KEPT_WIRES {
+            idle.push(wire);
         }
         Some(result)
+    }
+
+    fn idle_wires(&self) -> std::sync::MutexGuard<'_, Vec<wire::Wire>> {
+        self.inner
+            .wires
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The id just before the retention window: entries after it are retained.
@@ -902,9 +921,11 @@ impl Store {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
         let slot = keys::slot(keys::fanout(partition).as_bytes());
-        let conn = self.inner.redis.dedicated(slot, &config).await?;
+        let (conn, info) = self.inner.redis.dedicated(slot, &config).await?;
+        let wire = wire::Wire::connect(&info, CONNECT_TIMEOUT).await?;
         Ok(Feed {
             conn,
+            wire,
             block,
             store: self.clone(),
         })
@@ -936,7 +957,11 @@ pub enum Fanned {
 
 /// A live reader's own connection to the fan-out streams.
 pub struct Feed {
+    /// For the rare commands: the epoch check, the tail, the eviction policy.
     conn: MultiplexedConnection,
+    /// For the blocking `XREAD`s, decoded in place (`wire`), when the server is reached over
+    /// plain TCP; else they go on `conn` too.
+    wire: Option<wire::Wire>,
     block: Duration,
     store: Store,
 }
@@ -1017,6 +1042,23 @@ impl Feed {
         positions: &BTreeMap<usize, StreamId>,
         count: usize,
     ) -> Result<Vec<(usize, Vec<LiveEntry>)>, StoreError> {
+        let batches = match &mut self.wire {
+            Some(wire) => read_on_wire(wire, positions, count, self.block).await?,
+            None => self.read_on_redis(positions, count).await?,
+        };
+        for (partition, live) in &batches {
+            if let Some(last) = live.last() {
+                self.store.see(*partition, last.id);
+            }
+        }
+        Ok(batches)
+    }
+
+    async fn read_on_redis(
+        &mut self,
+        positions: &BTreeMap<usize, StreamId>,
+        count: usize,
+    ) -> Result<Vec<(usize, Vec<LiveEntry>)>, StoreError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(count)
@@ -1056,16 +1098,71 @@ impl Feed {
                     "XREAD returned a stream it was not asked for",
                 ))?;
             let live: Vec<LiveEntry> = entries(entries_value)?
-                .into_iter()
-                .map(tolerant_live_entry)
+                .iter()
+                .map(|(id, fields)| tolerant_live_entry(*id, &borrowed(fields)))
                 .collect();
-            if let Some(last) = live.last() {
-                self.store.see(partition, last.id);
-            }
             batches.push((partition, live));
         }
         Ok(batches)
     }
+}
+
+/// [`Feed::read`] on the reader's own connection: `XREAD` (RESP2: nil when the block time ends,
+/// else `[[key, entries], ...]`), each entry decoded in place.
+async fn read_on_wire(
+    wire: &mut wire::Wire,
+    positions: &BTreeMap<usize, StreamId>,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<(usize, Vec<LiveEntry>)>, StoreError> {
+    let (count, block_ms) = (count.to_string(), block.as_millis().to_string());
+    let ids: Vec<String> = positions.values().map(StreamId::to_string).collect();
+    let mut args: Vec<&[u8]> = vec![
+        b"XREAD",
+        b"COUNT",
+        count.as_bytes(),
+        b"BLOCK",
+        block_ms.as_bytes(),
+        b"STREAMS",
+    ];
+    args.extend(positions.keys().map(|&p| keys::fanout(p).as_bytes()));
+    args.extend(ids.iter().map(|id| id.as_bytes()));
+    let mut request = Vec::with_capacity(256);
+    wire::command(&mut request, &args);
+    let decode = |mut replies: Vec<wire::Reply<'_>>| -> Result<_, StoreError> {
+        let streams = replies.pop().unwrap_or(wire::Reply::Nil).into_array()?;
+        let mut batches = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let [key, entries]: [wire::Reply<'_>; 2] = stream
+                .into_array()?
+                .try_into()
+                .map_err(|_| StoreError::Reply("XREAD stream is not a pair"))?;
+            let key = key.bytes()?;
+            let partition = positions
+                .keys()
+                .copied()
+                .find(|&p| keys::fanout(p).as_bytes() == key)
+                .ok_or(StoreError::Reply(
+                    "XREAD returned a stream it was not asked for",
+                ))?;
+            let live = entries
+                .into_array()?
+                .into_iter()
+                .map(|item| {
+                    let [id, fields]: [wire::Reply<'_>; 2] = item
+                        .into_array()?
+                        .try_into()
+                        .map_err(|_| StoreError::Reply("stream entry is not a pair"))?;
+                    let id = parse_id(id.bytes()?)?;
+                    Ok(tolerant_live_entry(id, &wire_fields(&fields.into_array()?)))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            batches.push((partition, live));
+        }
+        Ok(batches)
+    };
+    wire.exchange(&request, 1, block + RESPONSE_TIMEOUT, decode)
+        .await
 }
 
 /// What one publish script call stored, in member order.
@@ -1164,8 +1261,23 @@ fn entries(reply: Value) -> Result<Vec<RawEntry>, StoreError> {
 
 fn member_entries(reply: Value) -> Result<Vec<Entry>, StoreError> {
     entries(reply)?
-        .into_iter()
-        .map(|(id, fields)| entry(id, fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))))
+        .iter()
+        .map(|(id, fields)| entry(*id, borrowed(fields)))
+        .collect()
+}
+
+fn borrowed(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
+    fields
+        .iter()
+        .map(|(name, value)| (name.as_slice(), value.as_slice()))
+        .collect()
+}
+
+/// A stream entry's fields, read on a connection of our own (`[field, value, ...]`).
+fn wire_fields<'a>(fields: &[wire::Reply<'a>]) -> Vec<(&'a [u8], &'a [u8])> {
+    fields
+        .chunks_exact(2)
+        .map_while(|pair| Some((pair[0].bytes().ok()?, pair[1].bytes().ok()?)))
         .collect()
 }
 
@@ -1183,10 +1295,7 @@ fn wire_entries(page: wire::Reply<'_>) -> Result<Vec<Entry>, StoreError> {
             else {
                 return Err(StoreError::Reply("stream entry is not a pair"));
             };
-            let fields = fields
-                .chunks_exact(2)
-                .map_while(|pair| Some((pair[0].bytes().ok()?, pair[1].bytes().ok()?)));
-            entry(parse_id(id.bytes()?)?, fields)
+            entry(parse_id(id.bytes()?)?, wire_fields(&fields))
         })
         .collect()
 }
@@ -1237,15 +1346,13 @@ fn entry<'a>(
 /// skipped, not a failure of the whole read: one such entry must not stop live delivery for the
 /// partition. It keeps its place in the chain (`p`); without one, the chain breaks and the
 /// partition's streams resume by id.
-fn tolerant_live_entry(raw: RawEntry) -> LiveEntry {
-    let id = raw.0;
-    let prev = raw
-        .1
-        .iter()
-        .find(|(name, _)| name == b"p")
-        .and_then(|(_, value)| parse_id(value).ok());
-    live_entry(raw).unwrap_or_else(|error| {
+fn tolerant_live_entry(id: StreamId, fields: &[(&[u8], &[u8])]) -> LiveEntry {
+    live_entry(id, fields).unwrap_or_else(|error| {
         tracing::warn!(%id, error = &error as &dyn std::error::Error, "skipping a fan-out entry this version cannot read");
+        let prev = fields
+            .iter()
+            .find(|(name, _)| *name == b"p")
+            .and_then(|(_, value)| parse_id(value).ok());
         LiveEntry {
             id,
             prev: prev.unwrap_or(StreamId::ZERO),
@@ -1254,27 +1361,35 @@ fn tolerant_live_entry(raw: RawEntry) -> LiveEntry {
     })
 }
 
-fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
+fn live_entry(id: StreamId, fields: &[(&[u8], &[u8])]) -> Result<LiveEntry, StoreError> {
     let (mut prev, mut member, mut note_id) = (None, None, None);
     let (mut lost, mut read) = (false, false);
     let (mut read_up_to, mut unread, mut as_of) = (None, None, None);
     let mut rest = Vec::with_capacity(2);
-    for (name, value) in fields {
-        match name.as_slice() {
-            b"p" => prev = Some(parse_id(&value)?),
+    for &(name, value) in fields {
+        match name {
+            b"p" => prev = Some(parse_id(value)?),
             b"lost" => lost = true,
             b"read" => read = true,
             b"m" => {
                 member = Some(
-                    utf8(value)?
-                        .parse()
-                        .map_err(|_| StoreError::Reply("fan-out member id is invalid"))?,
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|text| text.parse().ok())
+                        .ok_or(StoreError::Reply("fan-out member id is invalid"))?,
                 )
             }
-            b"i" => note_id = Some(parse_id(&value)?),
-            b"r" => read_up_to = Some(parse_id(&value)?),
-            b"a" => as_of = Some(parse_id(&value)?),
-            b"u" => unread = Some(number(&Value::BulkString(value))?),
+            b"i" => note_id = Some(parse_id(value)?),
+            b"r" => read_up_to = Some(parse_id(value)?),
+            b"a" => as_of = Some(parse_id(value)?),
+            b"u" => {
+                unread = Some(
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|text| text.parse().ok())
+                        .ok_or(StoreError::Reply("expected a decimal number"))?,
+                )
+            }
             _ => rest.push((name, value)),
         }
     }
@@ -1303,10 +1418,7 @@ fn live_entry((id, fields): RawEntry) -> Result<LiveEntry, StoreError> {
         let note_id = note_id.ok_or(StoreError::Reply("fan-out entry lacks i"))?;
         Fanned::Notification {
             member,
-            entry: entry(
-                note_id,
-                rest.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
-            )?,
+            entry: entry(note_id, rest)?,
         }
     };
     Ok(LiveEntry { id, prev, what })
@@ -1360,10 +1472,6 @@ fn parse_id(bytes: &[u8]) -> Result<StreamId, StoreError> {
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or(StoreError::Reply("malformed stream id"))
-}
-
-fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {
-    String::from_utf8(bytes).map_err(|_| StoreError::Reply("stream field is not UTF-8"))
 }
 
 fn text(bytes: &[u8]) -> Result<String, StoreError> {
@@ -1440,8 +1548,8 @@ mod tests {
             ("9-1", &["p", "9-0", "lost", "1"]),
         ]))
         .unwrap()
-        .into_iter()
-        .map(|raw| live_entry(raw).unwrap())
+        .iter()
+        .map(|(id, fields)| live_entry(*id, &borrowed(fields)).unwrap())
         .collect();
         assert_eq!(
             (parsed[0].id, parsed[0].prev),
@@ -1464,7 +1572,7 @@ mod tests {
         )]))
         .unwrap()
         .pop()
-        .map(|raw| live_entry(raw).unwrap())
+        .map(|(id, fields)| live_entry(id, &borrowed(&fields)).unwrap())
         .unwrap();
         match read.what {
             Fanned::Read { member, state } => {
@@ -1486,8 +1594,8 @@ mod tests {
             range(&[("9-0", &["p", "8-0", "i", "7-3", "c", "2"])]),                // no m
             range(&[("9-0", &["p", "8-0", "m", "a b", "i", "7-3", "c", "2"])]),
         ] {
-            let raw = entries(bad).unwrap().pop().unwrap();
-            assert!(live_entry(raw).is_err());
+            let (id, fields) = entries(bad).unwrap().pop().unwrap();
+            assert!(live_entry(id, &borrowed(&fields)).is_err());
         }
     }
 

@@ -243,12 +243,12 @@ impl Redis {
     }
 
     /// A connection of its own to the server that serves `slot` (the master, in a cluster), for
-    /// blocking reads that must not hold up anybody else's commands.
+    /// blocking reads that must not hold up anybody else's commands; and where that server is.
     pub async fn dedicated(
         &self,
         slot: u16,
         config: &AsyncConnectionConfig,
-    ) -> Result<MultiplexedConnection, StoreError> {
+    ) -> Result<(MultiplexedConnection, ConnectionInfo), StoreError> {
         let client = match self {
             Self::Standalone(standalone) => standalone.client.clone(),
             Self::Cluster { seed, tls, .. } => {
@@ -256,9 +256,10 @@ impl Redis {
                 client(at(seed, host, port)?, tls)?
             }
         };
-        Ok(client
+        let conn = client
             .get_multiplexed_async_connection_with_config(config)
-            .await?)
+            .await?;
+        Ok((conn, client.get_connection_info().clone()))
     }
 
     /// A client for each server holding keys: the standalone server, or each cluster master.

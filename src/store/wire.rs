@@ -15,8 +15,9 @@ use tokio::net::TcpStream;
 
 /// Nesting a reply may have: stream ranges inside `EXEC` inside nothing else are 4 deep.
 const MAX_DEPTH: usize = 8;
-/// Bytes one exchange's replies may take; beyond, the connection is given up.
-const MAX_REPLY_BYTES: usize = 64 << 20;
+/// The largest length a reply may declare (Redis's own `proto-max-bulk-len` ceiling): beyond,
+/// the bytes are not a reply. A whole reply is as large as what was asked (`COUNT`), no larger.
+const MAX_LENGTH: usize = 512 << 20;
 /// What one read asks of the socket at least.
 const READ_CHUNK: usize = 64 * 1024;
 /// A kept buffer larger than this is let go after the exchange that grew it.
@@ -168,9 +169,6 @@ impl Wire {
             socket.write_all(request).await?;
             let mut scan = Scan::new(replies);
             while !scan.advance(buf)? {
-                if buf.len() > MAX_REPLY_BYTES {
-                    return Err(WireError::Protocol("reply too large"));
-                }
                 buf.reserve(READ_CHUNK.max(buf.len()));
                 if socket.read_buf(buf).await? == 0 {
                     return Err(WireError::Closed);
@@ -218,7 +216,12 @@ impl Scan {
             let Some(left) = self.left.last_mut() else {
                 return Ok(true);
             };
-            let Some((kind, text, after)) = header(buf, self.at)? else {
+            let Some(Header {
+                kind,
+                text,
+                end: after,
+            }) = header(buf, self.at)?
+            else {
                 return Ok(false);
             };
             let end = match kind {
@@ -243,9 +246,15 @@ impl Scan {
     }
 }
 
-/// The type byte, the header line's text and where the line ends, of the element at `at`;
-/// `None` while the line is incomplete.
-fn header(buf: &[u8], at: usize) -> Result<Option<(u8, &[u8], usize)>, WireError> {
+/// An element's first line: its type byte, the line's text and where the line ends.
+struct Header<'a> {
+    kind: u8,
+    text: &'a [u8],
+    end: usize,
+}
+
+/// The header of the element at `at`; `None` while the line is incomplete.
+fn header(buf: &[u8], at: usize) -> Result<Option<Header<'_>>, WireError> {
     let Some(rest) = buf.get(at..).filter(|rest| !rest.is_empty()) else {
         return Ok(None);
     };
@@ -255,9 +264,11 @@ fn header(buf: &[u8], at: usize) -> Result<Option<(u8, &[u8], usize)>, WireError
     match rest.get(cr + 1) {
         None => Ok(None),
         Some(b'\n') => match rest[0] {
-            kind @ (b'+' | b'-' | b':' | b'$' | b'*') => {
-                Ok(Some((kind, &rest[1..cr], at + cr + 2)))
-            }
+            kind @ (b'+' | b'-' | b':' | b'$' | b'*') => Ok(Some(Header {
+                kind,
+                text: &rest[1..cr],
+                end: at + cr + 2,
+            })),
             _ => Err(WireError::Protocol("unknown reply type")),
         },
         Some(_) => Err(WireError::Protocol("CR without LF")),
@@ -270,7 +281,7 @@ fn length(text: &[u8]) -> Result<Option<usize>, WireError> {
         -1 => Ok(None),
         n => usize::try_from(n)
             .ok()
-            .filter(|&n| n <= MAX_REPLY_BYTES)
+            .filter(|&n| n <= MAX_LENGTH)
             .map(Some)
             .ok_or(WireError::Protocol("length out of range")),
     }
@@ -288,7 +299,11 @@ fn parse<'a>(buf: &'a [u8], at: &mut usize, depth: usize) -> Result<Reply<'a>, W
     if depth > MAX_DEPTH {
         return Err(WireError::Protocol("reply nested too deep"));
     }
-    let (kind, text, after) = header(buf, *at)?.ok_or(WireError::Protocol("reply cut short"))?;
+    let Header {
+        kind,
+        text,
+        end: after,
+    } = header(buf, *at)?.ok_or(WireError::Protocol("reply cut short"))?;
     *at = after;
     Ok(match kind {
         b'+' => Reply::Status(text),

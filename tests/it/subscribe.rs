@@ -83,6 +83,40 @@ async fn replayed_ids(stream: &mut crate::support::sse::SseStream, n: usize) -> 
     ids
 }
 
+/// Replays read on connections of their own (`store/wire.rs`), kept between replays: a Redis
+/// that forgot its scripts, or closed those connections since, still answers the next replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_survive_redis_forgetting_scripts_and_closing_their_connections() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    let ids = publish_n(&app, "42", 4).await;
+    for fault in ["none", "scripts flushed", "replay connections killed"] {
+        match fault {
+            "scripts flushed" => assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK"),
+            "replay connections killed" => {
+                // The replay connections are the ones whose last command was an EXEC.
+                let list = redis.cli(&["CLIENT", "LIST"]);
+                let kept: Vec<&str> = list
+                    .lines()
+                    .filter(|line| line.contains(" cmd=exec "))
+                    .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+                    .collect();
+                assert!(!kept.is_empty(), "no kept replay connection: {list}");
+                for id in kept {
+                    assert_eq!(redis.cli(&["CLIENT", "KILL", "ID", id]), "1");
+                }
+            }
+            _ => {}
+        }
+        let mut stream = app.subscribe("42", "", &[("Last-Event-ID", &ids[0])]).await;
+        stream.next(WAIT).await.unwrap(); // retry
+        let connected = stream.next(WAIT).await.unwrap();
+        assert_eq!(connected.json()["recovered"], true, "{fault}");
+        assert_eq!(replayed_ids(&mut stream, 3).await, ids[1..], "{fault}");
+    }
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_last_event_id_header_without_duplicates() {
     let redis = RedisServer::start();
