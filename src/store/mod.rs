@@ -3,8 +3,9 @@
 //!
 //! Commands share one multiplexed connection per Redis server (concurrent requests are pipelined
 //! on it; see `topology`). Live readers block, so each gets a connection of its own through
-//! [`Store::feed`]: the instance's Redis connection count is fixed, whatever the number of open
-//! streams.
+//! [`Store::feed`]; replays, whose replies are large, read on connections of their own too, one
+//! per read turn at most (`wire`): the instance's Redis connection count is bounded, whatever the
+//! number of open streams.
 //!
 //! On a Redis Cluster every script and pipeline stays inside one partition (one hash slot): a
 //! publish to members of several partitions is one script call per partition, run concurrently.
@@ -915,17 +916,26 @@ impl Store {
 
     /// Opens a dedicated connection for a live reader of `partition` (and, on a standalone
     /// Redis, of any other), whose blocking reads must not hold up anybody else's commands. In a
-    /// cluster it goes to the master serving the partition's slot, as of now.
+    /// cluster it goes to the master serving the partition's slot, as of now. Over plain TCP it
+    /// is one whose replies are decoded in place (`wire`); else the redis crate's.
     pub async fn feed(&self, partition: usize, block: Duration) -> Result<Feed, StoreError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
         let slot = keys::slot(keys::fanout(partition).as_bytes());
-        let (conn, info) = self.inner.redis.dedicated(slot, &config).await?;
-        let wire = wire::Wire::connect(&info, CONNECT_TIMEOUT).await?;
+        let server = self.inner.redis.server_of(slot).await?;
+        let conn = match wire::Wire::connect(server.get_connection_info(), CONNECT_TIMEOUT).await? {
+            Some(wire) => FeedConn::Wire(wire),
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+                FeedConn::Redis(
+                    server
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+        };
         Ok(Feed {
             conn,
-            wire,
             block,
             store: self.clone(),
         })
@@ -957,13 +967,16 @@ pub enum Fanned {
 
 /// A live reader's own connection to the fan-out streams.
 pub struct Feed {
-    /// For the rare commands: the epoch check, the tail, the eviction policy.
-    conn: MultiplexedConnection,
-    /// For the blocking `XREAD`s, decoded in place (`wire`), when the server is reached over
-    /// plain TCP; else they go on `conn` too.
-    wire: Option<wire::Wire>,
+    conn: FeedConn,
     block: Duration,
     store: Store,
+}
+
+enum FeedConn {
+    /// Plain TCP: replies decoded in place.
+    Wire(wire::Wire),
+    /// TLS or a unix socket: the redis crate's connection.
+    Redis(MultiplexedConnection),
 }
 
 impl Feed {
@@ -980,14 +993,56 @@ impl Feed {
         lost: bool,
     ) -> Result<bool, StoreError> {
         let seen = self.store.seen(partition);
-        let reply: (String, String) = scripts::EPOCH
-            .key(keys::epoch(partition))
-            .key(keys::fanout(partition))
-            .arg(seen.to_string())
-            .arg(if lost { "1" } else { "0" })
-            .invoke_async(&mut self.conn)
-            .await?;
-        match parse_optional_id(reply.1.as_bytes())? {
+        let (epoch, fanout, seen_text) = (
+            keys::epoch(partition),
+            keys::fanout(partition),
+            seen.to_string(),
+        );
+        let lost_flag = if lost { "1" } else { "0" };
+        let marker = match &mut self.conn {
+            FeedConn::Wire(wire) => {
+                let sha = scripts::EPOCH.get_hash();
+                let call: [&[u8]; 7] = [
+                    b"EVALSHA",
+                    sha.as_bytes(),
+                    b"2",
+                    epoch.as_bytes(),
+                    fanout.as_bytes(),
+                    seen_text.as_bytes(),
+                    lost_flag.as_bytes(),
+                ];
+                let decode = |reply: wire::Reply<'_>| -> Result<_, StoreError> {
+                    let [_, marker]: [wire::Reply<'_>; 2] = reply
+                        .into_array()?
+                        .try_into()
+                        .map_err(|_| StoreError::Reply("epoch script returned the wrong shape"))?;
+                    parse_optional_id(marker.bytes()?)
+                };
+                match one_on_wire(wire, &call, RESPONSE_TIMEOUT, decode).await {
+                    Err(StoreError::Wire(error)) if error.is_noscript() => {
+                        let load: [&[u8]; 3] =
+                            [b"SCRIPT", b"LOAD", scripts::EPOCH_SOURCE.as_bytes()];
+                        one_on_wire(wire, &load, RESPONSE_TIMEOUT, |reply| {
+                            reply.bytes().map(drop).map_err(StoreError::from)
+                        })
+                        .await?;
+                        one_on_wire(wire, &call, RESPONSE_TIMEOUT, decode).await?
+                    }
+                    other => other?,
+                }
+            }
+            FeedConn::Redis(conn) => {
+                let reply: (String, String) = scripts::EPOCH
+                    .key(epoch)
+                    .key(fanout)
+                    .arg(seen_text)
+                    .arg(lost_flag)
+                    .invoke_async(conn)
+                    .await?;
+                parse_optional_id(reply.1.as_bytes())?
+            }
+        };
+        match marker {
             Some(marker) => {
                 self.store.forget_lost(partition, seen, marker);
                 if !lost {
@@ -1005,10 +1060,15 @@ impl Feed {
         &mut self,
         partitions: &[usize],
     ) -> Result<Option<String>, StoreError> {
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut self.conn)
-            .await?;
+        let info: String = match &mut self.conn {
+            FeedConn::Wire(wire) => {
+                one_on_wire(wire, &[b"INFO", b"memory"], RESPONSE_TIMEOUT, |reply| {
+                    Ok(String::from_utf8_lossy(reply.bytes()?).into_owned())
+                })
+                .await?
+            }
+            FeedConn::Redis(conn) => redis::cmd("INFO").arg("memory").query_async(conn).await?,
+        };
         let policy = info
             .lines()
             .find_map(|line| line.strip_prefix("maxmemory_policy:"))
@@ -1023,17 +1083,35 @@ impl Feed {
 
     /// The id of the newest entry of a partition's fan-out stream (`0-0` when empty).
     pub async fn tail(&mut self, partition: usize) -> Result<StreamId, StoreError> {
-        let reply: Value = redis::cmd("XREVRANGE")
-            .arg(keys::fanout(partition))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(entries(reply)?
-            .first()
-            .map_or(StreamId::ZERO, |(id, _)| *id))
+        let key = keys::fanout(partition);
+        match &mut self.conn {
+            FeedConn::Wire(wire) => {
+                let call: [&[u8]; 6] = [b"XREVRANGE", key.as_bytes(), b"+", b"-", b"COUNT", b"1"];
+                one_on_wire(wire, &call, RESPONSE_TIMEOUT, |reply| {
+                    match reply.into_array()?.into_iter().next() {
+                        None => Ok(StreamId::ZERO),
+                        Some(entry) => match entry.into_array()?.first() {
+                            Some(id) => parse_id(id.bytes()?),
+                            None => Err(StoreError::Reply("stream entry is not a pair")),
+                        },
+                    }
+                })
+                .await
+            }
+            FeedConn::Redis(conn) => {
+                let reply: Value = redis::cmd("XREVRANGE")
+                    .arg(key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(conn)
+                    .await?;
+                Ok(entries(reply)?
+                    .first()
+                    .map_or(StreamId::ZERO, |(id, _)| *id))
+            }
+        }
     }
 
     /// Blocks until entries follow `positions` (partition → last id read) or the block time ends.
@@ -1042,9 +1120,9 @@ impl Feed {
         positions: &BTreeMap<usize, StreamId>,
         count: usize,
     ) -> Result<Vec<(usize, Vec<LiveEntry>)>, StoreError> {
-        let batches = match &mut self.wire {
-            Some(wire) => read_on_wire(wire, positions, count, self.block).await?,
-            None => self.read_on_redis(positions, count).await?,
+        let batches = match &mut self.conn {
+            FeedConn::Wire(wire) => read_on_wire(wire, positions, count, self.block).await?,
+            FeedConn::Redis(conn) => read_on_redis(conn, positions, count, self.block).await?,
         };
         for (partition, live) in &batches {
             if let Some(last) = live.last() {
@@ -1053,58 +1131,79 @@ impl Feed {
         }
         Ok(batches)
     }
+}
 
-    async fn read_on_redis(
-        &mut self,
-        positions: &BTreeMap<usize, StreamId>,
-        count: usize,
-    ) -> Result<Vec<(usize, Vec<LiveEntry>)>, StoreError> {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(self.block.as_millis() as u64)
-            .arg("STREAMS");
-        for &partition in positions.keys() {
-            cmd.arg(keys::fanout(partition));
-        }
-        for id in positions.values() {
-            cmd.arg(id.to_string());
-        }
-        let reply: Value = cmd.query_async(&mut self.conn).await?;
-        let streams = match reply {
-            Value::Nil => return Ok(Vec::new()),
-            Value::Array(streams) => streams,
-            Value::Map(streams) => streams
-                .into_iter()
-                .map(|(k, v)| Value::Array(vec![k, v]))
-                .collect(),
-            _ => return Err(StoreError::Reply("XREAD reply is not an array")),
-        };
-        let mut batches = Vec::with_capacity(streams.len());
-        for stream in streams {
-            let Value::Array(mut pair) = stream else {
-                return Err(StoreError::Reply("XREAD stream is not a pair"));
-            };
-            let (Some(entries_value), Some(Value::BulkString(key))) = (pair.pop(), pair.pop())
-            else {
-                return Err(StoreError::Reply("XREAD stream is not a pair"));
-            };
-            let partition = positions
-                .keys()
-                .copied()
-                .find(|&p| keys::fanout(p).as_bytes() == key.as_slice())
-                .ok_or(StoreError::Reply(
-                    "XREAD returned a stream it was not asked for",
-                ))?;
-            let live: Vec<LiveEntry> = entries(entries_value)?
-                .iter()
-                .map(|(id, fields)| tolerant_live_entry(*id, &borrowed(fields)))
-                .collect();
-            batches.push((partition, live));
-        }
-        Ok(batches)
+/// One command on a feed's own connection, its one reply handed to `decode`.
+async fn one_on_wire<T>(
+    wire: &mut wire::Wire,
+    args: &[&[u8]],
+    timeout: Duration,
+    decode: impl FnOnce(wire::Reply<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut request = Vec::with_capacity(256);
+    wire::command(&mut request, args);
+    wire.exchange(&request, 1, timeout, |mut replies| {
+        decode(replies.pop().unwrap_or(wire::Reply::Nil))
+    })
+    .await
+}
+
+/// [`Feed::read`] through the redis crate.
+async fn read_on_redis(
+    conn: &mut MultiplexedConnection,
+    positions: &BTreeMap<usize, StreamId>,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<(usize, Vec<LiveEntry>)>, StoreError> {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS");
+    for &partition in positions.keys() {
+        cmd.arg(keys::fanout(partition));
     }
+    for id in positions.values() {
+        cmd.arg(id.to_string());
+    }
+    let reply: Value = cmd.query_async(conn).await?;
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams,
+        Value::Map(streams) => streams
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return Err(StoreError::Reply("XREAD reply is not an array")),
+    };
+    let mut batches = Vec::with_capacity(streams.len());
+    for stream in streams {
+        let Value::Array(mut pair) = stream else {
+            return Err(StoreError::Reply("XREAD stream is not a pair"));
+        };
+        let (Some(entries_value), Some(Value::BulkString(key))) = (pair.pop(), pair.pop()) else {
+            return Err(StoreError::Reply("XREAD stream is not a pair"));
+        };
+        let partition = partition_named(positions, &key)?;
+        let live: Vec<LiveEntry> = entries(entries_value)?
+            .iter()
+            .map(|(id, fields)| tolerant_live_entry(*id, &borrowed(fields)))
+            .collect();
+        batches.push((partition, live));
+    }
+    Ok(batches)
+}
+
+/// Which of the partitions read a fan-out stream key in an `XREAD` reply is.
+fn partition_named(positions: &BTreeMap<usize, StreamId>, key: &[u8]) -> Result<usize, StoreError> {
+    positions
+        .keys()
+        .copied()
+        .find(|&p| keys::fanout(p).as_bytes() == key)
+        .ok_or(StoreError::Reply(
+            "XREAD returned a stream it was not asked for",
+        ))
 }
 
 /// [`Feed::read`] on the reader's own connection: `XREAD` (RESP2: nil when the block time ends,
@@ -1137,14 +1236,7 @@ async fn read_on_wire(
                 .into_array()?
                 .try_into()
                 .map_err(|_| StoreError::Reply("XREAD stream is not a pair"))?;
-            let key = key.bytes()?;
-            let partition = positions
-                .keys()
-                .copied()
-                .find(|&p| keys::fanout(p).as_bytes() == key)
-                .ok_or(StoreError::Reply(
-                    "XREAD returned a stream it was not asked for",
-                ))?;
+            let partition = partition_named(positions, key.bytes()?)?;
             let live = entries
                 .into_array()?
                 .into_iter()

@@ -35,8 +35,9 @@ pub static PUBLISH: LazyLock<Script> =
 pub static READ: LazyLock<Script> = LazyLock::new(|| Script::new(with_read_prelude!("read.lua")));
 pub static UNREAD: LazyLock<Script> =
     LazyLock::new(|| Script::new(with_read_prelude!("unread.lua")));
-pub static EPOCH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(with_epoch_prelude!("epoch.lua")));
+/// `epoch.lua` as sent: the live reader loads it itself on its own connection (`store/wire.rs`).
+pub const EPOCH_SOURCE: &str = with_epoch_prelude!("epoch.lua");
+pub static EPOCH: LazyLock<Script> = LazyLock::new(|| Script::new(EPOCH_SOURCE));
 pub static REPLAY: LazyLock<Script> =
     LazyLock::new(|| Script::new(with_read_prelude!("replay.lua")));
 pub static MIGRATE_ZSET: LazyLock<Script> =

@@ -13,17 +13,15 @@
 //! that timed out replaces the connection (the manager keeps one that silently stopped answering,
 //! e.g. behind a blackholed route, for as long as TCP takes to give up).
 
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
-    Pipeline, ProtocolVersion, RedisError, RedisFuture, RedisResult, Value,
+    Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion,
+    RedisError, RedisFuture, RedisResult, Value,
 };
 use tokio::sync::OnceCell;
 
@@ -242,24 +240,16 @@ impl Redis {
         }
     }
 
-    /// A connection of its own to the server that serves `slot` (the master, in a cluster), for
-    /// blocking reads that must not hold up anybody else's commands; and where that server is.
-    pub async fn dedicated(
-        &self,
-        slot: u16,
-        config: &AsyncConnectionConfig,
-    ) -> Result<(MultiplexedConnection, ConnectionInfo), StoreError> {
-        let client = match self {
-            Self::Standalone(standalone) => standalone.client.clone(),
+    /// A client for the server that serves `slot` (the master, in a cluster, as of now), for
+    /// connections of their own: blocking reads must not hold up anybody else's commands.
+    pub async fn server_of(&self, slot: u16) -> Result<Client, StoreError> {
+        match self {
+            Self::Standalone(standalone) => Ok(standalone.client.clone()),
             Self::Cluster { seed, tls, .. } => {
                 let (host, port) = self.master_of(slot).await?;
-                client(at(seed, host, port)?, tls)?
+                Ok(client(at(seed, host, port)?, tls)?)
             }
-        };
-        let conn = client
-            .get_multiplexed_async_connection_with_config(config)
-            .await?;
-        Ok((conn, client.get_connection_info().clone()))
+        }
     }
 
     /// A client for each server holding keys: the standalone server, or each cluster master.
