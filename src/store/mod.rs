@@ -75,7 +75,7 @@ impl StoreError {
                     || (error.is_connection_dropped() && !error.is_connection_refusal())
             }
             Self::Reply(_) | Self::Busy => false,
-            Self::Wire(error) => !matches!(error, wire::WireError::Server(_)),
+            Self::Wire(error) => error.outcome_unknown(),
             Self::NotReplicated { .. } | Self::Abandoned => true,
             Self::Shared(error) => error.outcome_unknown(),
         }
@@ -215,8 +215,8 @@ struct Inner {
     /// Those connections, idle (at most `KEPT_WIRES`). Only reads holding a `reads` turn use
     /// them, so there are at most `CONCURRENT_READS` at once.
     wires: Mutex<Vec<wire::Wire>>,
-    /// `replay.lua` was loaded on the standalone Redis (it may have forgotten it since).
-    replay_loaded: AtomicBool,
+    /// A replay found `replay.lua` on the standalone Redis (which may have forgotten it since).
+    replay_held: AtomicBool,
 }
 
 impl Store {
@@ -245,7 +245,7 @@ impl Store {
                 group: group::GroupCommit::default(),
                 wire_to,
                 wires: Mutex::new(Vec::new()),
-                replay_loaded: AtomicBool::new(false),
+                replay_held: AtomicBool::new(false),
             }),
         })
     }
@@ -604,29 +604,40 @@ impl Store {
 
     /// [`Store::replay_head`]'s read on the replay's own connection: `replay.lua` and the page's
     /// `XRANGE` in one MULTI/EXEC, the page decoded in place; `None` when Redis is not reached
-    /// that way. A Redis that forgot the script gets it loaded and is asked once more.
+    /// that way. The script goes by SHA once Redis is known to hold it, else by source (`EVAL`,
+    /// which also caches it): a NOSCRIPT answer inside EXEC comes with the whole page, read for
+    /// nothing, so the first replay does not risk one; after one, the replay is sent again by
+    /// source, on whichever connection, so it reaches the server that answered.
     async fn replay_on_wire(
         &self,
         keys: &[String; 4],
         args: &[String; 4],
         count: usize,
     ) -> Option<Result<(Vec<Value>, Vec<Entry>), StoreError>> {
-        let mut request = Vec::with_capacity(256);
-        wire::command(&mut request, &[b"MULTI"]);
-        let mut call: Vec<&[u8]> = vec![b"EVALSHA", scripts::REPLAY.get_hash().as_bytes(), b"4"];
-        call.extend(keys.iter().chain(args).map(|text| text.as_bytes()));
-        wire::command(&mut request, &call);
+        self.inner.wire_to.as_ref()?;
         let (from, count) = (format!("({}", args[0]), count.to_string());
-        let page: [&[u8]; 6] = [
-            b"XRANGE",
-            keys[0].as_bytes(),
-            from.as_bytes(),
-            b"+",
-            b"COUNT",
-            count.as_bytes(),
-        ];
-        wire::command(&mut request, &page);
-        wire::command(&mut request, &[b"EXEC"]);
+        let request = |by_source: bool| {
+            let mut request = Vec::with_capacity(if by_source { 8192 } else { 256 });
+            wire::command(&mut request, &[b"MULTI"]);
+            let mut call: Vec<&[u8]> = if by_source {
+                vec![b"EVAL", scripts::REPLAY_SOURCE.as_bytes(), b"4"]
+            } else {
+                vec![b"EVALSHA", scripts::REPLAY.get_hash().as_bytes(), b"4"]
+            };
+            call.extend(keys.iter().chain(args).map(|text| text.as_bytes()));
+            wire::command(&mut request, &call);
+            let page: [&[u8]; 6] = [
+                b"XRANGE",
+                keys[0].as_bytes(),
+                from.as_bytes(),
+                b"+",
+                b"COUNT",
+                count.as_bytes(),
+            ];
+            wire::command(&mut request, &page);
+            wire::command(&mut request, &[b"EXEC"]);
+            request
+        };
         let decode = |replies: Vec<wire::Reply<'_>>| -> Result<_, StoreError> {
             let [multi, queued, also_queued, exec]: [wire::Reply<'_>; 4] = replies
                 .try_into()
@@ -647,31 +658,18 @@ impl Store {
             let state = state.iter().map(wire_value).collect();
             Ok((state, wire_entries(page)?))
         };
-        self.inner.wire_to.as_ref()?;
-        // A NOSCRIPT answer comes with the whole page, read for nothing: the script is loaded
-        // before the first replay, and again only when Redis forgot it.
-        if !self.inner.replay_loaded.load(Ordering::Relaxed)
-            && let Err(error) = self.load_replay_script().await
-        {
-            return Some(Err(error));
-        }
-        match self.on_wire(&request, 4, &decode).await? {
+        let held = self.inner.replay_held.load(Ordering::Relaxed);
+        let result = match self.on_wire(&request(!held), 4, &decode).await? {
             Err(StoreError::Wire(error)) if error.is_noscript() => {
-                if let Err(error) = self.load_replay_script().await {
-                    return Some(Err(error));
-                }
-                self.on_wire(&request, 4, &decode).await
+                self.inner.replay_held.store(false, Ordering::Relaxed);
+                self.on_wire(&request(true), 4, &decode).await?
             }
-            other => Some(other),
+            other => other,
+        };
+        if result.is_ok() {
+            self.inner.replay_held.store(true, Ordering::Relaxed);
         }
-    }
-
-    async fn load_replay_script(&self) -> Result<(), StoreError> {
-        scripts::REPLAY
-            .load_async(&mut self.commands().await?)
-            .await?;
-        self.inner.replay_loaded.store(true, Ordering::Relaxed);
-        Ok(())
+        Some(result)
     }
 
     /// [`Store::replay_head`]'s read through the redis crate: on a standalone Redis
@@ -739,7 +737,7 @@ impl Store {
         let info = self.inner.wire_to.as_ref()?;
         let kept = self.idle_wires().pop();
         let fresh = || async {
-            match wire::Wire::connect(info, CONNECT_TIMEOUT).await {
+            match wire::Wire::connect(info, CONNECT_TIMEOUT, RESPONSE_TIMEOUT).await {
                 Ok(Some(wire)) => Ok(wire),
                 Ok(None) => Err(StoreError::Reply("redis is not reached over plain TCP")),
                 Err(error) => Err(error.into()),
@@ -921,7 +919,13 @@ impl Store {
     pub async fn feed(&self, partition: usize, block: Duration) -> Result<Feed, StoreError> {
         let slot = keys::slot(keys::fanout(partition).as_bytes());
         let server = self.inner.redis.server_of(slot).await?;
-        let conn = match wire::Wire::connect(server.get_connection_info(), CONNECT_TIMEOUT).await? {
+        let conn = match wire::Wire::connect(
+            server.get_connection_info(),
+            CONNECT_TIMEOUT,
+            RESPONSE_TIMEOUT,
+        )
+        .await?
+        {
             Some(wire) => FeedConn::Wire(wire),
             None => {
                 let config = AsyncConnectionConfig::new()

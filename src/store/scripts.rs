@@ -38,7 +38,9 @@ pub static UNREAD: LazyLock<Script> =
 /// `epoch.lua` as sent: the live reader loads it itself on its own connection (`store/wire.rs`).
 pub const EPOCH_SOURCE: &str = with_epoch_prelude!("epoch.lua");
 pub static EPOCH: LazyLock<Script> = LazyLock::new(|| Script::new(EPOCH_SOURCE));
-pub static REPLAY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(with_read_prelude!("replay.lua")));
+/// `replay.lua` as sent: replays on their own connections send it by source when Redis may not
+/// hold it (`store/wire.rs`).
+pub const REPLAY_SOURCE: &str = with_read_prelude!("replay.lua");
+pub static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(REPLAY_SOURCE));
 pub static MIGRATE_ZSET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../migrations-lua/migrate_zset.lua")));

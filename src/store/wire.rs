@@ -48,6 +48,16 @@ impl WireError {
         matches!(self, Self::Server(message) if message.starts_with("NOSCRIPT"))
     }
 
+    /// Whether a request may have been carried out although this came back: it was sent and no
+    /// answer arrived. A refused connection or an error reply carried out nothing.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Self::Io(error) => error.kind() != std::io::ErrorKind::ConnectionRefused,
+            Self::Timeout(_) | Self::Closed => true,
+            Self::Server(_) | Self::Protocol(_) => false,
+        }
+    }
+
     /// The connection is unusable, not the request: a fresh connection may succeed.
     pub fn connection_lost(&self) -> bool {
         matches!(self, Self::Io(_) | Self::Closed)
@@ -109,18 +119,18 @@ pub struct Wire {
 }
 
 impl Wire {
-    /// Connects as `info` says (address, credentials, database); `None` when it asks for what
-    /// this connection does not do (TLS, a unix socket).
+    /// Connects as `info` says (address, credentials, database), each address given
+    /// `connect_timeout` and the greeting (`AUTH`, `SELECT` or a `PING`) `response_timeout`;
+    /// `None` when `info` asks for what this connection does not do (TLS, a unix socket).
     pub async fn connect(
         info: &redis::ConnectionInfo,
-        timeout: Duration,
+        connect_timeout: Duration,
+        response_timeout: Duration,
     ) -> Result<Option<Self>, WireError> {
         let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
             return Ok(None);
         };
-        let socket = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), *port)))
-            .await
-            .map_err(|_| WireError::Timeout(timeout))??;
+        let socket = connect_any(host, *port, connect_timeout).await?;
         socket.set_nodelay(true)?;
         let mut wire = Self {
             socket,
@@ -143,8 +153,14 @@ impl Wire {
             );
             replies += 1;
         }
-        if replies > 0 {
-            wire.exchange(&setup, replies, timeout, |replies| {
+        if replies == 0 {
+            // A server that refuses the connection says so first (max clients, protected mode):
+            // heard here, not taken for the first reply.
+            command(&mut setup, &[b"PING"]);
+            replies = 1;
+        }
+        {
+            wire.exchange(&setup, replies, response_timeout, |replies| {
                 replies.iter().try_for_each(|reply| reply.bytes().map(drop))
             })
             .await?;
@@ -188,6 +204,26 @@ impl Wire {
         }
         decoded
     }
+}
+
+/// Connects to the first of `host`'s addresses that answers, each given `timeout`: one that
+/// silently drops packets (an unreachable IPv6 route, say) does not use up the others' time.
+async fn connect_any(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, WireError> {
+    let addrs = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| WireError::Timeout(timeout))??;
+    let mut last = WireError::Io(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{host} resolves to no address"),
+    ));
+    for addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(socket)) => return Ok(socket),
+            Ok(Err(error)) => last = error.into(),
+            Err(_) => last = WireError::Timeout(timeout),
+        }
+    }
+    Err(last)
 }
 
 /// How far the replies in a growing buffer are known complete: each read scans only what it
@@ -405,6 +441,40 @@ mod tests {
         // A bulk string whose CRLF is not where its length says.
         let mut at = 0;
         assert!(parse(b"$1\r\nab\r\n", &mut at, 0).is_err());
+    }
+
+    #[test]
+    fn only_a_request_sent_and_unanswered_has_an_unknown_outcome() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!WireError::from(refused).outcome_unknown());
+        assert!(WireError::from(reset).outcome_unknown());
+        assert!(WireError::Timeout(Duration::from_secs(1)).outcome_unknown());
+        assert!(WireError::Closed.outcome_unknown());
+        assert!(!WireError::server(b"NOSCRIPT No matching script").outcome_unknown());
+        assert!(!WireError::Protocol("unknown reply type").outcome_unknown());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_at_once_fails_the_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = socket
+                .write_all(b"-ERR max number of clients reached\r\n")
+                .await;
+        });
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{port}"))
+                .unwrap();
+        let second = Duration::from_secs(1);
+        let refused = Wire::connect(&info, second, second).await;
+        assert!(
+            matches!(&refused, Err(WireError::Server(message)) if message.contains("max number")),
+            "{:?}",
+            refused.map(|wire| wire.is_some())
+        );
     }
 
     #[test]
