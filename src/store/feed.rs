@@ -1,6 +1,7 @@
 //! A live reader's connection to the fan-out streams: blocking `XREAD`s, and the few other
 //! commands a reader needs (the epoch check, the stream's tail, the eviction policy), on a
-//! connection of its own. Over plain TCP its replies are decoded in place (`wire`).
+//! connection of its own. To a standalone Redis over plain TCP its replies are decoded in place
+//! (`wire`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -18,18 +19,17 @@ use crate::model::{Entry, MemberId, ReadState, StreamId};
 impl Store {
     /// Opens a dedicated connection for a live reader of `partition` (and, on a standalone
     /// Redis, of any other), whose blocking reads must not hold up anybody else's commands. In a
-    /// cluster it goes to the master serving the partition's slot, as of now. Over plain TCP it
-    /// is one whose replies are decoded in place (`wire`); else the redis crate's.
+    /// cluster it goes to the master serving the partition's slot, as of now. To a standalone
+    /// Redis over plain TCP it is one whose replies are decoded in place (`wire`); else the
+    /// redis crate's (a cluster's readers keep the path its failover tests proved).
     pub async fn feed(&self, partition: usize, block: Duration) -> Result<Feed, StoreError> {
         let slot = keys::slot(keys::fanout(partition).as_bytes());
         let server = self.inner.redis.server_of(slot).await?;
-        let conn = match wire::Wire::connect(
-            server.get_connection_info(),
-            CONNECT_TIMEOUT,
-            RESPONSE_TIMEOUT,
-        )
-        .await?
-        {
+        let wire = match &self.inner.wire_to {
+            Some(info) => wire::Wire::connect(info, CONNECT_TIMEOUT, RESPONSE_TIMEOUT).await?,
+            None => None,
+        };
+        let conn = match wire {
             Some(wire) => FeedConn::Wire(wire),
             None => {
                 let config = AsyncConnectionConfig::new()
@@ -81,9 +81,9 @@ pub struct Feed {
 }
 
 enum FeedConn {
-    /// Plain TCP: replies decoded in place.
+    /// A standalone Redis over plain TCP: replies decoded in place.
     Wire(wire::Wire),
-    /// TLS or a unix socket: the redis crate's connection.
+    /// TLS, a unix socket or a cluster: the redis crate's connection.
     Redis(MultiplexedConnection),
 }
 
