@@ -159,12 +159,10 @@ impl Wire {
             command(&mut setup, &[b"PING"]);
             replies = 1;
         }
-        {
-            wire.exchange(&setup, replies, response_timeout, |replies| {
-                replies.iter().try_for_each(|reply| reply.bytes().map(drop))
-            })
-            .await?;
-        }
+        wire.exchange(&setup, replies, response_timeout, |replies| {
+            replies.iter().try_for_each(|reply| reply.bytes().map(drop))
+        })
+        .await?;
         Ok(Some(wire))
     }
 
