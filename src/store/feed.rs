@@ -394,25 +394,11 @@ pub(super) fn live_entry(id: StreamId, fields: &[(&[u8], &[u8])]) -> Result<Live
             b"p" => prev = Some(parse_id(value)?),
             b"lost" => lost = true,
             b"read" => read = true,
-            b"m" => {
-                member = Some(
-                    std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|text| text.parse().ok())
-                        .ok_or(StoreError::Reply("fan-out member id is invalid"))?,
-                )
-            }
+            b"m" => member = Some(parsed(value, "fan-out member id is invalid")?),
             b"i" => note_id = Some(parse_id(value)?),
             b"r" => read_up_to = Some(parse_id(value)?),
             b"a" => as_of = Some(parse_id(value)?),
-            b"u" => {
-                unread = Some(
-                    std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|text| text.parse().ok())
-                        .ok_or(StoreError::Reply("expected a decimal number"))?,
-                )
-            }
+            b"u" => unread = Some(parsed(value, "expected a decimal number")?),
             _ => rest.push((name, value)),
         }
     }
@@ -445,4 +431,12 @@ pub(super) fn live_entry(id: StreamId, fields: &[(&[u8], &[u8])]) -> Result<Live
         }
     };
     Ok(LiveEntry { id, prev, what })
+}
+
+/// A field's text parsed as `T`, or `refusal`.
+fn parsed<T: std::str::FromStr>(value: &[u8], refusal: &'static str) -> Result<T, StoreError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or(StoreError::Reply(refusal))
 }
