@@ -3,9 +3,10 @@
 //!
 //! Commands share one multiplexed connection per Redis server (concurrent requests are pipelined
 //! on it; see `topology`). Live readers block, so each gets a connection of its own through
-//! [`Store::feed`] (`feed`); replays, whose replies are large, read on connections of their own too, one
-//! per read turn at most (`wire`): the instance's Redis connection count is bounded, whatever the
-//! number of open streams.
+//! [`Store::feed`] (`feed`); replays, whose replies are large, read on connections of their own
+//! too, one per read turn at most, and on a standalone Redis each group-commit slot writes its
+//! publishes on one of its own (`wire`, `group`): the instance's Redis connection count is
+//! bounded, whatever the number of open streams.
 //!
 //! On a Redis Cluster every script and pipeline stays inside one partition (one hash slot): a
 //! publish to members of several partitions is one script call per partition, run concurrently.
@@ -60,9 +61,12 @@ pub enum StoreError {
     /// the load): nothing was stored.
     #[error("redis is too slow for the load: the publish waited too long and was not sent")]
     Busy,
-    /// A read on the replay's own connections failed.
+    /// A command on one of the instance's own connections (`wire`) failed.
     #[error(transparent)]
     Wire(#[from] wire::WireError),
+    /// No connection of the instance's own could be opened: nothing was sent.
+    #[error("redis could not be reached")]
+    Unreached(#[source] wire::WireError),
 }
 
 impl StoreError {
@@ -75,7 +79,7 @@ impl StoreError {
                 error.is_timeout()
                     || (error.is_connection_dropped() && !error.is_connection_refusal())
             }
-            Self::Reply(_) | Self::Busy => false,
+            Self::Reply(_) | Self::Busy | Self::Unreached(_) => false,
             Self::Wire(error) => error.outcome_unknown(),
             Self::NotReplicated { .. } | Self::Abandoned => true,
             Self::Shared(error) => error.outcome_unknown(),
@@ -85,7 +89,12 @@ impl StoreError {
     /// Whether `publish.lua` refused the call before writing anything (a key of another type):
     /// then each publish of a shared call can be retried alone.
     fn refused_before_writing(&self) -> bool {
-        matches!(self, Self::Redis(error) if error.to_string().contains("nothing was stored"))
+        const REFUSED: &str = "nothing was stored";
+        match self {
+            Self::Redis(error) => error.to_string().contains(REFUSED),
+            Self::Wire(wire::WireError::Server(message)) => message.contains(REFUSED),
+            _ => false,
+        }
     }
 }
 
@@ -130,7 +139,7 @@ struct PublishPart {
     /// Each member, and its partition.
     members: Vec<(String, usize)>,
     /// Per member, its partition and what the instance had seen of it when the call was made
-    /// (set by [`Store::publish_call`]).
+    /// (set by [`Store::publish_args`]).
     seen: Vec<(usize, StreamId)>,
 }
 
@@ -491,32 +500,44 @@ impl Store {
         }
     }
 
-    /// `EVALSHA publish.lua` carrying `parts` (each one publish to its members). What the
-    /// instance has seen of each partition is read now, once per partition: every member there
-    /// carries the newest, however long its publish waited to be sent.
+    /// `EVALSHA publish.lua` carrying `parts` (each one publish to its members).
     fn publish_call(&self, parts: &mut [PublishPart]) -> redis::Cmd {
-        let mut seen: BTreeMap<usize, StreamId> = BTreeMap::new();
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(scripts::PUBLISH.get_hash())
-            .arg(parts.iter().map(|part| part.keys.len()).sum::<usize>());
-        for part in parts.iter() {
-            cmd.arg(&part.keys);
+        cmd.arg(scripts::PUBLISH.get_hash());
+        self.publish_args(parts, |arg| {
+            cmd.arg(arg);
+        });
+        cmd
+    }
+
+    /// Hands `push` the arguments of a `publish.lua` call carrying `parts`, from the key count
+    /// on: as many as [`publish_arg_count`] says. What the instance has seen of each partition is
+    /// read now, once per partition: every member there carries the newest, however long its
+    /// publish waited to be sent.
+    fn publish_args(&self, parts: &mut [PublishPart], mut push: impl FnMut(&[u8])) {
+        let keys: usize = parts.iter().map(|part| part.keys.len()).sum();
+        push(keys.to_string().as_bytes());
+        for key in parts.iter().flat_map(|part| &part.keys) {
+            push(key.as_bytes());
         }
-        cmd.arg(retention_ms(self.inner.retention))
-            .arg(self.inner.max_per_member)
-            .arg(FANOUT_MAXLEN);
+        push(retention_ms(self.inner.retention).to_string().as_bytes());
+        push(self.inner.max_per_member.to_string().as_bytes());
+        push(FANOUT_MAXLEN.to_string().as_bytes());
+        let mut seen: BTreeMap<usize, StreamId> = BTreeMap::new();
         for part in parts {
-            cmd.arg(&part.args);
+            for arg in &part.args {
+                push(arg.as_bytes());
+            }
             part.seen.clear();
             for (member, partition) in &part.members {
                 let newest = *seen
                     .entry(*partition)
                     .or_insert_with(|| self.seen(*partition));
-                cmd.arg(member).arg(newest.to_string());
+                push(member.as_bytes());
+                push(newest.to_string().as_bytes());
                 part.seen.push((*partition, newest));
             }
         }
-        cmd
     }
 
     /// Runs a pipeline of `EVALSHA` calls of `script` (and reads, harmless to repeat). When Redis
@@ -972,6 +993,12 @@ fn take_ids(out: &mut Appended, written: ScriptAppended, members: impl IntoItera
     }
     out.created |= written.created;
     out.repeated += written.repeated;
+}
+
+/// How many arguments [`Store::publish_args`] hands over for `parts`.
+fn publish_arg_count(parts: &[PublishPart]) -> usize {
+    let per_part = |part: &PublishPart| part.keys.len() + part.args.len() + 2 * part.members.len();
+    4 + parts.iter().map(per_part).sum::<usize>()
 }
 
 fn retention_ms(retention: Duration) -> u64 {

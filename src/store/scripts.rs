@@ -30,8 +30,10 @@ macro_rules! with_read_prelude {
     };
 }
 
-pub static PUBLISH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(with_read_prelude!("publish.lua")));
+/// `publish.lua` as sent: publishes on their own connections send it by source after a NOSCRIPT
+/// (`store/group.rs`).
+pub const PUBLISH_SOURCE: &str = with_read_prelude!("publish.lua");
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SOURCE));
 pub static READ: LazyLock<Script> = LazyLock::new(|| Script::new(with_read_prelude!("read.lua")));
 pub static UNREAD: LazyLock<Script> =
     LazyLock::new(|| Script::new(with_read_prelude!("unread.lua")));

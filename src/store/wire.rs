@@ -1,10 +1,11 @@
-//! A plain-TCP Redis connection for the replay's reads, whose replies are decoded in place: the
-//! redis crate parses every reply into a `Value` tree (a `Vec` per bulk string) with a general
-//! combinator parser, and in a reconnect storm that was 40% of the server's CPU. Here a reply is
-//! first scanned for completeness as it arrives (nothing allocated), then read once into
-//! [`Reply`]s that borrow the buffer, so a stream entry costs its `Entry` and nothing more.
+//! A plain-TCP Redis connection for replays, the live reader and publishes, whose replies are
+//! decoded in place: the redis crate parses every reply into a `Value` tree (a `Vec` per bulk
+//! string) with a general combinator parser, and in a reconnect storm that was 40% of the
+//! server's CPU. Here a reply is first scanned for completeness as it arrives (nothing
+//! allocated), then read once into [`Reply`]s that borrow the buffer, so a stream entry costs its
+//! `Entry` and nothing more.
 //!
-//! Only what those reads need: RESP2 (no `HELLO`), `AUTH` and `SELECT` as the URL says. A
+//! Only what those need: RESP2 (no `HELLO`), `AUTH` and `SELECT` as the URL says. A
 //! `rediss://` or unix-socket Redis keeps the redis crate's connections ([`Wire::connect`] says
 //! `None`).
 
@@ -53,8 +54,9 @@ impl WireError {
     pub fn outcome_unknown(&self) -> bool {
         match self {
             Self::Io(error) => error.kind() != std::io::ErrorKind::ConnectionRefused,
-            Self::Timeout(_) | Self::Closed => true,
-            Self::Server(_) | Self::Protocol(_) => false,
+            // Sent, and what came back was not a reply: it may have run all the same.
+            Self::Timeout(_) | Self::Closed | Self::Protocol(_) => true,
+            Self::Server(_) => false,
         }
     }
 
@@ -98,14 +100,25 @@ impl<'a> Reply<'a> {
 
 /// Appends one command (an array of bulk strings) to `out`.
 pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.push(b'*');
-    push_number(out, args.len());
+    command_of(out, args.len());
     for arg in args {
-        out.push(b'$');
-        push_number(out, arg.len());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
+        argument(out, arg);
     }
+}
+
+/// Appends the head of a command of `count` arguments, each then appended by [`argument`]: for
+/// a command whose arguments are not at hand as one slice.
+pub fn command_of(out: &mut Vec<u8>, count: usize) {
+    out.push(b'*');
+    push_number(out, count);
+}
+
+/// Appends one argument of the command [`command_of`] began.
+pub fn argument(out: &mut Vec<u8>, arg: &[u8]) {
+    out.push(b'$');
+    push_number(out, arg.len());
+    out.extend_from_slice(arg);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn push_number(out: &mut Vec<u8>, n: usize) {
@@ -164,6 +177,14 @@ impl Wire {
         })
         .await?;
         Ok(Some(wire))
+    }
+
+    /// Whether a kept connection still looks usable: Redis has not closed it (a restart, its
+    /// `timeout`, `CLIENT KILL`) nor sent anything unasked. Reads nothing from a healthy
+    /// connection, and makes no system call while tokio knows it has nothing to read.
+    pub fn is_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.socket.try_read(&mut byte), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Sends `request` (commands encoded by [`command`]), waits for its `replies` replies and
@@ -450,7 +471,7 @@ mod tests {
         assert!(WireError::Timeout(Duration::from_secs(1)).outcome_unknown());
         assert!(WireError::Closed.outcome_unknown());
         assert!(!WireError::server(b"NOSCRIPT No matching script").outcome_unknown());
-        assert!(!WireError::Protocol("unknown reply type").outcome_unknown());
+        assert!(WireError::Protocol("unknown reply type").outcome_unknown());
     }
 
     #[tokio::test]

@@ -1,5 +1,7 @@
 //! Publish: fan-out to many members, idempotency, and a clear answer to every bad request.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::support::app::PUBLISH_TOKEN;
@@ -269,6 +271,46 @@ async fn publish_answers_503_store_unavailable_while_redis_is_down() {
     assert_eq!(response.status(), 503);
     let json: Value = response.json().await.unwrap();
     assert_eq!(json["error"], "store_unavailable");
+    app.stop().await;
+}
+
+/// Publishes go out on connections of their own (`store/group.rs`), kept between calls: a Redis
+/// that forgot its scripts, or closed those connections while they were idle, still stores the
+/// next publish, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_survive_redis_forgetting_scripts_and_closing_their_connections() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis.url(), &[]).await;
+    app.publish("p1", json!("first")).await;
+    for fault in ["scripts flushed", "publish connections killed"] {
+        if fault == "scripts flushed" {
+            assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+        } else {
+            // The publish connections are the ones whose last command ran the script.
+            let list = redis.cli(&["CLIENT", "LIST"]);
+            let kept: Vec<&str> = list
+                .lines()
+                .filter(|line| line.contains(" cmd=evalsha ") || line.contains(" cmd=eval "))
+                .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+                .collect();
+            assert!(!kept.is_empty(), "no kept publish connection: {list}");
+            for id in kept {
+                assert_eq!(redis.cli(&["CLIENT", "KILL", "ID", id]), "1");
+            }
+            // Closed while idle: the instance hears of it before its next call.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let response = app
+            .publish_raw(json!({ "member_id": "p1", "content": fault }), &[])
+            .await;
+        assert_eq!(response.status(), 201, "{fault}");
+    }
+    let stream = redis.cli(&["--scan", "--pattern", "n:*:s:p1"]);
+    assert_eq!(
+        redis.cli(&["XLEN", &stream]),
+        "3",
+        "each publish stored once"
+    );
     app.stop().await;
 }
 
