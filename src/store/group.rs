@@ -23,6 +23,7 @@
 //! its publisher timed out. What the instance has seen of each partition is read when the call is
 //! made, not when the publish was queued, so a wait never sends a stale one.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -32,8 +33,8 @@ use redis::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    CONNECT_TIMEOUT, Inner, PublishPart, RESPONSE_TIMEOUT, ScriptAppended, Store, StoreError,
-    appended, publish_arg_count, scripts, wire, wire_value,
+    CONNECT_TIMEOUT, Inner, PublishPart, PublishWait, RESPONSE_TIMEOUT, ScriptAppended, Store,
+    StoreError, appended, publish_arg_count, scripts, wire, wire_value,
 };
 
 /// Calls in flight at once: while they run, the next call gathers what arrives.
@@ -46,6 +47,9 @@ const MAX_BYTES: usize = 1 << 20;
 const QUEUE: usize = 4096;
 /// How long a publish may wait for a call before it is answered unsent.
 const QUEUE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a call may take on the slot's connection, `WAIT` included: with the queue's wait, a
+/// publish is answered (504 if its write may have landed) within the request's 30 s deadline.
+const CALL_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The queue to the gathering task, started on the first publish (a runtime exists by then).
 #[derive(Default)]
@@ -121,18 +125,7 @@ impl Store {
                     metrics.split.inc();
                 }
                 tracing::warn!(publishes = parts.len(), %error, "a shared publish call was refused; retrying its publishes one by one");
-                // One after the other: a call slot makes one call at a time.
-                let mut alone = Vec::with_capacity(parts.len());
-                for part in &mut parts {
-                    let answer = match self.call(std::slice::from_mut(part)).await {
-                        Ok(mut replies) => {
-                            appended(replies.pop().unwrap_or(Value::Nil), &part.seen)
-                        }
-                        Err(error) => Err(error),
-                    };
-                    alone.push(answer);
-                }
-                alone
+                self.call_each(&mut parts).await
             }
             Err(error) => {
                 let error = Arc::new(error);
@@ -172,49 +165,101 @@ impl Store {
             metrics.sizes.observe(parts.len() as f64);
         }
         if self.inner.wire_to.is_some() {
-            return self.call_on_wire(parts).await.map(|reply| vec![reply]);
+            let whole = 0..parts.len();
+            let mut replies = self.calls_on_wire(parts, vec![whole]).await?;
+            return Ok(vec![replies.pop().unwrap_or(Err(StoreError::Reply(
+                "publish call returned nothing",
+            )))?]);
         }
         let call = self.publish_call(parts);
         self.run_partitioned(vec![(0, call)], &scripts::PUBLISH, self.inner.publish_wait)
             .await
     }
 
-    /// [`Store::call`] on a connection of the slot's own: by SHA, and by source after a
-    /// NOSCRIPT (nothing ran). A connection whose exchange failed is dropped, and the idle ones
-    /// with it: they reach the same server, and a publish must not find a dead one.
-    async fn call_on_wire(&self, parts: &mut [PublishPart]) -> Result<Value, StoreError> {
-        let wait = self.inner.publish_wait;
-        let replies = 1 + usize::from(wait.is_some());
-        let timeout = RESPONSE_TIMEOUT + wait.map_or(Duration::ZERO, |wait| wait.timeout);
-        let decode = |replies: Vec<wire::Reply<'_>>| -> Result<Value, StoreError> {
-            let mut replies = replies.into_iter();
-            let script = match replies.next() {
-                Some(wire::Reply::Error(message)) => {
-                    return Err(wire::WireError::server(message).into());
-                }
-                Some(script) => wire_value(&script),
-                None => return Err(StoreError::Reply("publish call returned nothing")),
-            };
-            if let Some(wait) = wait {
-                match replies.next() {
-                    Some(wire::Reply::Int(acked)) if acked >= i64::from(wait.replicas) => {}
-                    Some(wire::Reply::Int(acked)) => {
-                        return Err(StoreError::NotReplicated {
-                            acked,
-                            wanted: wait.replicas,
-                        });
-                    }
-                    _ => return Err(StoreError::Reply("WAIT did not return a count")),
-                }
+    /// Each of `parts` in a `publish.lua` call of its own, after their shared call was refused:
+    /// on the slot's connection all of them in one pipeline ending in one `WAIT`, else all at
+    /// once through the redis crate (which pipelines them too).
+    async fn call_each(
+        &self,
+        parts: &mut [PublishPart],
+    ) -> Vec<Result<ScriptAppended, StoreError>> {
+        if let Some(metrics) = self.inner.group.metrics.get() {
+            for _ in 0..parts.len() {
+                metrics.sizes.observe(1.0);
             }
-            Ok(script)
-        };
+        }
+        if self.inner.wire_to.is_none() {
+            let alone = parts.iter_mut().map(|part| async move {
+                let call = self.publish_call(std::slice::from_mut(part));
+                let mut replies = self
+                    .run_partitioned(vec![(0, call)], &scripts::PUBLISH, self.inner.publish_wait)
+                    .await?;
+                appended(replies.pop().unwrap_or(Value::Nil), &part.seen)
+            });
+            return futures_util::future::join_all(alone).await;
+        }
+        let each = (0..parts.len()).map(|i| i..i + 1).collect();
+        match self.calls_on_wire(parts, each).await {
+            Ok(replies) => replies
+                .into_iter()
+                .zip(parts.iter())
+                .map(|(reply, part)| appended(reply?, &part.seen))
+                .collect(),
+            Err(error) => {
+                let error = Arc::new(error);
+                parts
+                    .iter()
+                    .map(|_| Err(StoreError::Shared(Arc::clone(&error))))
+                    .collect()
+            }
+        }
+    }
+
+    /// Script calls, each carrying the `parts` of one range, pipelined on a connection of the
+    /// slot's own and followed by one `WAIT` when configured; each call's reply. By SHA, and the
+    /// calls Redis answered NOSCRIPT (nothing of theirs ran) once more by source. `Err` when the
+    /// exchange itself failed: then the connection is dropped, and the idle ones with it, as they
+    /// reach the same server and a publish must not find a dead one. The calls get one deadline,
+    /// connecting aside: `RESPONSE_TIMEOUT` plus `WAIT`'s, at most `CALL_DEADLINE`.
+    async fn calls_on_wire(
+        &self,
+        parts: &mut [PublishPart],
+        calls: Vec<Range<usize>>,
+    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
+        let wait = self.inner.publish_wait;
+        let deadline = Instant::now()
+            + (RESPONSE_TIMEOUT + wait.map_or(Duration::ZERO, |wait| wait.timeout))
+                .min(CALL_DEADLINE);
         let mut wire = self.publish_wire().await?;
-        let request = self.publish_request(parts, false);
-        let mut result = wire.exchange(&request, replies, timeout, decode).await;
-        if matches!(&result, Err(StoreError::Wire(error)) if error.is_noscript()) {
-            let request = self.publish_request(parts, true);
-            result = wire.exchange(&request, replies, timeout, decode).await;
+        let mut exchange = async |calls: &[Range<usize>], by_source: bool| {
+            let request = self.publish_request(parts, calls, by_source)?;
+            let replies = calls.len() + usize::from(wait.is_some());
+            let left = deadline.saturating_duration_since(Instant::now());
+            wire.exchange(&request, replies, left, |replies| {
+                Ok::<_, StoreError>(script_replies(replies, calls.len(), wait))
+            })
+            .await
+        };
+        let mut replies = exchange(&calls, false).await;
+        if let Ok(first) = &replies {
+            let forgotten: Vec<usize> = (0..first.len())
+                .filter(
+                    |&i| matches!(&first[i], Err(StoreError::Wire(error)) if error.is_noscript()),
+                )
+                .collect();
+            if !forgotten.is_empty() {
+                let again: Vec<Range<usize>> =
+                    forgotten.iter().map(|&i| calls[i].clone()).collect();
+                replies = match exchange(&again, true).await {
+                    Ok(retried) => replies.map(|mut first| {
+                        for (i, reply) in forgotten.into_iter().zip(retried) {
+                            first[i] = reply;
+                        }
+                        first
+                    }),
+                    Err(error) => Err(error),
+                };
+            }
         }
         let mut idle = self
             .inner
@@ -222,19 +267,13 @@ impl Store {
             .wires
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match &result {
-            // Whole replies were read: the connection is as good as before.
-            Ok(_)
-            | Err(
-                StoreError::Wire(wire::WireError::Server(_)) | StoreError::NotReplicated { .. },
-            ) => {
-                if idle.len() < IN_FLIGHT {
-                    idle.push(wire);
-                }
-            }
+        match &replies {
+            // Every reply was read: the connection is as good as before.
+            Ok(_) if idle.len() < IN_FLIGHT => idle.push(wire),
+            Ok(_) => {}
             Err(_) => idle.clear(),
         }
-        result
+        replies
     }
 
     /// An idle connection of the call slots that is still open, else a new one.
@@ -265,29 +304,39 @@ impl Store {
         }
     }
 
-    /// The call for `parts` as bytes: `EVALSHA publish.lua`, or `EVAL` with its source, then
-    /// `WAIT` when configured.
-    fn publish_request(&self, parts: &mut [PublishPart], by_source: bool) -> Vec<u8> {
+    /// The calls as bytes, one per range of `parts`: `EVALSHA publish.lua`, or `EVAL` with its
+    /// source; then `WAIT` when configured. `Err` (nothing sent) if the arguments do not add up
+    /// to the count in a call's head, which Redis would take for another command's.
+    fn publish_request(
+        &self,
+        parts: &mut [PublishPart],
+        calls: &[Range<usize>],
+        by_source: bool,
+    ) -> Result<Vec<u8>, StoreError> {
         let bytes: usize = parts.iter().map(PublishPart::bytes).sum();
-        let mut request = Vec::with_capacity(bytes + 64 * parts.len() + 256);
-        wire::command_of(&mut request, 2 + publish_arg_count(parts));
-        if by_source {
-            wire::argument(&mut request, b"EVAL");
-            wire::argument(&mut request, scripts::PUBLISH_SOURCE.as_bytes());
-        } else {
-            wire::argument(&mut request, b"EVALSHA");
-            wire::argument(&mut request, scripts::PUBLISH.get_hash().as_bytes());
+        let mut request = Vec::with_capacity(bytes + 64 * parts.len() + 256 * calls.len());
+        for call in calls {
+            let parts = &mut parts[call.clone()];
+            let count = publish_arg_count(parts);
+            wire::command_of(&mut request, 2 + count);
+            if by_source {
+                wire::argument(&mut request, b"EVAL");
+                wire::argument(&mut request, scripts::PUBLISH_SOURCE.as_bytes());
+            } else {
+                wire::argument(&mut request, b"EVALSHA");
+                wire::argument(&mut request, scripts::PUBLISH.get_hash().as_bytes());
+            }
+            let mut pushed = 0;
+            self.publish_args(parts, |arg| {
+                wire::argument(&mut request, arg);
+                pushed += 1;
+            });
+            if pushed != count {
+                return Err(StoreError::Reply(
+                    "publish call arguments do not match their count; nothing was sent",
+                ));
+            }
         }
-        let mut pushed = 0;
-        self.publish_args(parts, |arg| {
-            wire::argument(&mut request, arg);
-            pushed += 1;
-        });
-        debug_assert_eq!(
-            pushed,
-            publish_arg_count(parts),
-            "the head's argument count"
-        );
         if let Some(wait) = self.inner.publish_wait {
             let timeout = u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX);
             wire::command(
@@ -299,8 +348,47 @@ impl Store {
                 ],
             );
         }
-        request
+        Ok(request)
     }
+}
+
+/// Each script call's reply among `replies` (`calls` of them, then `WAIT`'s count when `wait`):
+/// an error reply is that call's; replicas short of `wait` fail every call that wrote. Once a
+/// script ran, an answer that is not a count leaves its replication unknown.
+fn script_replies(
+    replies: Vec<wire::Reply<'_>>,
+    calls: usize,
+    wait: Option<PublishWait>,
+) -> Vec<Result<Value, StoreError>> {
+    let mut replies = replies.into_iter();
+    let scripts: Vec<Result<Value, StoreError>> = replies
+        .by_ref()
+        .take(calls)
+        .map(|reply| match reply {
+            wire::Reply::Error(message) => Err(wire::WireError::server(message).into()),
+            reply => Ok(wire_value(&reply)),
+        })
+        .collect();
+    let Some(wait) = wait else {
+        return scripts;
+    };
+    let acked = match replies.next() {
+        Some(wire::Reply::Int(acked)) => Some(acked),
+        _ => None,
+    };
+    scripts
+        .into_iter()
+        .map(|script| {
+            script.and_then(|value| match acked {
+                Some(acked) if acked >= i64::from(wait.replicas) => Ok(value),
+                Some(acked) => Err(StoreError::NotReplicated {
+                    acked,
+                    wanted: wait.replicas,
+                }),
+                None => Err(wire::WireError::Protocol("WAIT did not return a count").into()),
+            })
+        })
+        .collect()
 }
 
 /// The gathering task; ends when the store is gone.

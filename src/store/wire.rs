@@ -50,7 +50,7 @@ impl WireError {
     }
 
     /// Whether a request may have been carried out although this came back: it was sent and no
-    /// answer arrived. A refused connection or an error reply carried out nothing.
+    /// readable answer arrived. A refused connection or an error reply carried out nothing.
     pub fn outcome_unknown(&self) -> bool {
         match self {
             Self::Io(error) => error.kind() != std::io::ErrorKind::ConnectionRefused,

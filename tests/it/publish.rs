@@ -314,6 +314,44 @@ async fn publishes_survive_redis_forgetting_scripts_and_closing_their_connection
     app.stop().await;
 }
 
+/// `PUBLISH_WAIT_REPLICAS` on a standalone Redis: concurrent publishes (shared calls) are answered
+/// once a replica holds them; without a replica in time, 504: stored, not confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_wait_for_a_replica_and_say_when_none_confirmed() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    replica.replicate(&primary);
+    let args = [
+        "--publish-wait-replicas",
+        "1",
+        "--publish-wait-timeout-ms",
+        "300",
+    ];
+    let app = TestApp::start(&primary.url(), &args).await;
+    let publishes = (0..20).map(|i| {
+        let publisher = app.publisher_raw();
+        async move {
+            let body = json!({ "member_id": format!("w{i}"), "content": i });
+            publisher.post_json(body).await
+        }
+    });
+    for (status, body) in futures_util::future::join_all(publishes).await {
+        assert_eq!(status, 201, "confirmed by the replica: {body}");
+    }
+    let stream = primary.cli(&["--scan", "--pattern", "n:*:s:w0"]);
+    assert_eq!(replica.cli(&["XLEN", &stream]), "1", "the replica holds it");
+
+    replica.cli(&["REPLICAOF", "NO", "ONE"]);
+    let response = app
+        .publish_raw(json!({ "member_id": "w0", "content": "unconfirmed" }), &[])
+        .await;
+    assert_eq!(response.status(), 504, "no replica confirmed it");
+    let error: Value = response.json().await.expect("a JSON error");
+    assert_eq!(error["error"], "outcome_unknown");
+    assert_eq!(primary.cli(&["XLEN", &stream]), "2", "stored all the same");
+    app.stop().await;
+}
+
 /// Group commit: concurrent publishes share script calls, and each is still stored exactly once,
 /// all or nothing, with its own ids. A publish that names a key of another type (something else
 /// wrote into our key space) fails alone: the shared call it was in is refused before writing,
