@@ -127,13 +127,7 @@ impl Store {
                 tracing::warn!(publishes = parts.len(), %error, "a shared publish call was refused; retrying its publishes one by one");
                 self.call_each(&mut parts).await
             }
-            Err(error) => {
-                let error = Arc::new(error);
-                parts
-                    .iter()
-                    .map(|_| Err(StoreError::Shared(Arc::clone(&error))))
-                    .collect()
-            }
+            Err(error) => shared_failure(error, parts.len()),
             Ok(mut replies) => match replies.pop() {
                 Some(Value::Array(values)) => {
                     let mut values = values.into_iter();
@@ -205,13 +199,7 @@ impl Store {
                 .zip(parts.iter())
                 .map(|(reply, part)| appended(reply?, &part.seen))
                 .collect(),
-            Err(error) => {
-                let error = Arc::new(error);
-                parts
-                    .iter()
-                    .map(|_| Err(StoreError::Shared(Arc::clone(&error))))
-                    .collect()
-            }
+            Err(error) => shared_failure(error, parts.len()),
         }
     }
 
@@ -350,6 +338,14 @@ impl Store {
         }
         Ok(request)
     }
+}
+
+/// The failure of a call (or pipeline) every one of its `publishes` shares.
+fn shared_failure(error: StoreError, publishes: usize) -> Vec<Result<ScriptAppended, StoreError>> {
+    let error = Arc::new(error);
+    (0..publishes)
+        .map(|_| Err(StoreError::Shared(Arc::clone(&error))))
+        .collect()
 }
 
 /// Each script call's reply among `replies` (`calls` of them, then `WAIT`'s count when `wait`):
