@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::store::{PublishWait, RedisTarget, RedisTls, TargetError};
+use crate::store::{MAX_PUBLISH_WAIT, PublishWait, RedisTarget, RedisTls, TargetError};
 
 /// Ten years: `now − retention` stays a valid stream id, and the key expiry a valid `PEXPIRE`.
 const MAX_RETENTION_SECS: u64 = 10 * 365 * 86_400;
@@ -42,7 +42,8 @@ pub struct Args {
     /// as the master does.
     #[arg(long, env, default_value_t = 0)]
     pub publish_wait_replicas: u32,
-    /// How long a publish waits for those replicas before it fails with 503, in milliseconds.
+    /// How long a publish waits for those replicas before it answers 504 (stored, outcome
+    /// unknown), in milliseconds; at most 18 000, so a publish is answered within 30 s.
     #[arg(long, env, default_value_t = 1_000)]
     pub publish_wait_timeout_ms: u64,
     /// How long notifications stay replayable, in seconds.
@@ -306,7 +307,7 @@ impl Storage {
             "PUBLISH_WAIT_TIMEOUT_MS",
             args.publish_wait_timeout_ms,
             1,
-            60_000,
+            u64::try_from(MAX_PUBLISH_WAIT.as_millis()).unwrap_or(u64::MAX),
         )?;
         // `REDIS_CLUSTER_NODES` when set, else `REDIS_URL`; and the `REDIS_TLS_*` files.
         let identity = args
@@ -521,6 +522,11 @@ mod tests {
                 .publish_wait,
             None
         );
+        // A wait the request's deadline could not honour is refused at start.
+        let wait = |ms: &str| parse(&["--auth-mode", "gateway", "--publish-wait-timeout-ms", ms]);
+        assert!(wait("18000").is_ok());
+        assert!(wait("18001").is_err());
+        assert!(wait("0").is_err());
     }
 
     #[test]

@@ -33,8 +33,8 @@ use redis::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    CONNECT_TIMEOUT, Inner, PublishPart, PublishWait, RESPONSE_TIMEOUT, ScriptAppended, Store,
-    StoreError, appended, publish_arg_count, scripts, wire, wire_value,
+    CONNECT_TIMEOUT, Inner, MAX_PUBLISH_WAIT, PublishPart, PublishWait, RESPONSE_TIMEOUT,
+    ScriptAppended, Store, StoreError, appended, publish_arg_count, scripts, wire, wire_value,
 };
 
 /// Calls in flight at once: while they run, the next call gathers what arrives.
@@ -50,6 +50,8 @@ const QUEUE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a call may take on the slot's connection, `WAIT` included: with the queue's wait, a
 /// publish is answered (504 if its write may have landed) within the request's 30 s deadline.
 const CALL_DEADLINE: Duration = Duration::from_secs(20);
+const _: () =
+    assert!(RESPONSE_TIMEOUT.as_secs() + MAX_PUBLISH_WAIT.as_secs() <= CALL_DEADLINE.as_secs());
 
 /// The queue to the gathering task, started on the first publish (a runtime exists by then).
 #[derive(Default)]

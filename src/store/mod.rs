@@ -41,6 +41,9 @@ use topology::{Commands, Redis};
 const FANOUT_MAXLEN: u64 = 10_000;
 /// How long a command may wait for its answer before the store is reported unavailable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest `PUBLISH_WAIT_TIMEOUT_MS`: a call with its `WAIT` (at most 2 + 18 s) after the
+/// group commit's queue (at most 5 s) still answers within the request's 30 s deadline.
+pub const MAX_PUBLISH_WAIT: Duration = Duration::from_secs(18);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +209,11 @@ pub struct Store {
 
 struct Inner {
     redis: Redis,
+    /// With `publish_wait`, what publishes outside the group commit's own connections (a
+    /// cluster, TLS) are sent on: connections whose response timeout covers
+    /// `WAIT`'s, so a replica that takes its time is neither a timeout nor a replaced connection.
+    /// Connected on first use.
+    waiting: Option<Redis>,
     reads: Semaphore,
     retention: Duration,
     max_per_member: u64,
@@ -238,7 +246,10 @@ impl Store {
         max_per_member: u64,
         publish_wait: Option<PublishWait>,
     ) -> Result<Self, StoreError> {
-        let redis = Redis::open(target)?;
+        let redis = Redis::open(target, RESPONSE_TIMEOUT)?;
+        let waiting = publish_wait
+            .map(|wait| Redis::open(target, RESPONSE_TIMEOUT + wait.timeout))
+            .transpose()?;
         let wire_to = redis
             .standalone_info()
             .filter(|info| matches!(info.addr(), redis::ConnectionAddr::Tcp(..)))
@@ -246,6 +257,7 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
+                waiting,
                 reads: Semaphore::new(CONCURRENT_READS),
                 retention,
                 max_per_member,
@@ -433,7 +445,11 @@ impl Store {
                     .arg(wait.replicas)
                     .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
             }
-            let mut replies = self.run_scripts(&pipe, script).await?;
+            let commands = match (wait, &self.inner.waiting) {
+                (Some(_), Some(waiting)) => waiting.commands().await?,
+                _ => self.commands().await?,
+            };
+            let mut replies = self.run_scripts(&pipe, script, commands).await?;
             if let Some(wait) = wait {
                 match replies.pop() {
                     Some(Value::Int(acked)) if acked >= i64::from(wait.replicas) => {}
@@ -547,8 +563,8 @@ impl Store {
         &self,
         pipe: &redis::Pipeline,
         script: &redis::Script,
+        mut commands: Commands,
     ) -> Result<Vec<Value>, StoreError> {
-        let mut commands = self.commands().await?;
         match pipe.query_async(&mut commands).await {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -733,7 +749,7 @@ impl Store {
                 .arg("COUNT")
                 .arg(count);
             let [state, entries]: [Value; 2] = self
-                .run_scripts(&pipe, &scripts::REPLAY)
+                .run_scripts(&pipe, &scripts::REPLAY, self.commands().await?)
                 .await?
                 .try_into()
                 .map_err(|_| StoreError::Reply("replay transaction returned the wrong shape"))?;

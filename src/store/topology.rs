@@ -17,7 +17,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::{
     Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion,
@@ -26,7 +26,7 @@ use redis::{
 use tokio::sync::OnceCell;
 
 use super::target::{RedisServers, RedisTarget, RedisTls};
-use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, StoreError};
+use super::{CONNECT_TIMEOUT, StoreError};
 
 /// The connection(s) commands are sent on; a cheap clone.
 #[derive(Clone)]
@@ -89,6 +89,8 @@ impl ConnectionLike for Commands {
 /// A standalone server's command connection, replaced when a command times out.
 pub struct Standalone {
     client: Client,
+    /// How long a command may go unanswered before it fails and the connection is replaced.
+    response_timeout: Duration,
     current: RwLock<ConnectionManager>,
     /// When the connection was last replaced: at most once per response timeout, so a stall
     /// that times out many commands at once opens one new connection, not one per command.
@@ -96,16 +98,17 @@ pub struct Standalone {
 }
 
 impl Standalone {
-    fn open(url: &str, tls: &RedisTls) -> Result<Self, StoreError> {
+    fn open(url: &str, tls: &RedisTls, response_timeout: Duration) -> Result<Self, StoreError> {
         let info = url.into_connection_info()?;
         let settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let client = client(info.set_redis_settings(settings), tls)?;
-        let current = RwLock::new(manager(&client)?);
+        let current = RwLock::new(manager(&client, response_timeout)?);
         Ok(Self {
             client,
+            response_timeout,
             current,
             replaced_at: Mutex::new(Instant::now()),
         })
@@ -131,10 +134,10 @@ impl Standalone {
             .replaced_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if replaced_at.elapsed() < RESPONSE_TIMEOUT {
+        if replaced_at.elapsed() < self.response_timeout {
             return;
         }
-        match manager(&self.client) {
+        match manager(&self.client, self.response_timeout) {
             Ok(fresh) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
                 *replaced_at = Instant::now();
@@ -158,9 +161,9 @@ fn client(info: ConnectionInfo, tls: &RedisTls) -> RedisResult<Client> {
     }
 }
 
-fn manager(client: &Client) -> RedisResult<ConnectionManager> {
+fn manager(client: &Client, response_timeout: Duration) -> RedisResult<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(response_timeout))
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_number_of_retries(1)
         .set_max_delay(std::time::Duration::from_secs(1));
@@ -192,13 +195,16 @@ impl Redis {
         }
     }
 
-    /// Prepares the connections without connecting.
-    pub fn open(target: &RedisTarget) -> Result<Self, StoreError> {
+    /// Prepares the connections without connecting. A command that goes unanswered for
+    /// `response_timeout` fails (outcome unknown).
+    pub fn open(target: &RedisTarget, response_timeout: Duration) -> Result<Self, StoreError> {
         let tls = &target.tls;
         match &target.servers {
-            RedisServers::Standalone(url) => {
-                Ok(Self::Standalone(Arc::new(Standalone::open(url, tls)?)))
-            }
+            RedisServers::Standalone(url) => Ok(Self::Standalone(Arc::new(Standalone::open(
+                url,
+                tls,
+                response_timeout,
+            )?))),
             RedisServers::Cluster(nodes) => {
                 let seed = nodes
                     .first()
@@ -207,7 +213,7 @@ impl Redis {
                     .into_connection_info()?;
                 let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
                     .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(RESPONSE_TIMEOUT)
+                    .response_timeout(response_timeout)
                     .retries(3);
                 if let Some(certificates) = tls.certificates() {
                     builder = builder.certs(certificates);

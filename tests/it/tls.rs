@@ -2,6 +2,7 @@
 //! serving TLS only, with a throw-away certificate authority and an ACL user.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sse_notify::model::MemberId;
@@ -175,5 +176,76 @@ async fn a_cluster_over_tls_delivers_live_and_replays_on_every_master() {
     }
     assert_eq!(connected.json()["recovered"], true);
     assert_eq!(resumed.next_notification(WAIT).await.id, Some(later));
+    app.stop().await;
+}
+
+/// Over TLS a publish goes through the redis crate, not the group commit's own connections, and
+/// a command there fails after 2 s. A publish that waits (`PUBLISH_WAIT_REPLICAS`) for a replica
+/// that takes longer than that is still answered 201 once the replica holds it: publishes that
+/// wait have connections whose response timeout covers `WAIT`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_publish_waits_for_a_replica_longer_than_a_command_may_take() {
+    let pki = Pki::new();
+    let replication = [
+        "--tls-replication",
+        "yes",
+        "--tls-client-cert-file",
+        &pki.arg("client.pem"),
+        "--tls-client-key-file",
+        &pki.arg("client.key"),
+    ];
+    let primary = RedisServer::start_tls(&pki, &replication);
+    let replica = RedisServer::start_tls(&pki, &replication);
+    replica.replicate(&primary);
+    let mut flags = pki.service_flags();
+    flags.extend(
+        [
+            "--publish-wait-replicas",
+            "1",
+            "--publish-wait-timeout-ms",
+            "8000",
+        ]
+        .map(String::from),
+    );
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let app = TestApp::start(&primary.url(), &flags).await;
+    app.publish("slow", json!("confirmed at once")).await;
+
+    replica.freeze(true);
+    let started = Instant::now();
+    let (response, ()) = tokio::join!(
+        app.publish_raw(
+            json!({ "member_id": "slow", "content": "confirmed late" }),
+            &[]
+        ),
+        async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            replica.freeze(false);
+        }
+    );
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_millis(2500),
+        "the publish waited for the frozen replica (took {took:?})"
+    );
+    assert_eq!(
+        response.status(),
+        201,
+        "confirmed once the replica came back"
+    );
+    let stream = primary.cli(&["--scan", "--pattern", "n:*:s:slow"]);
+    assert_eq!(
+        replica.cli(&["XLEN", &stream]),
+        "2",
+        "the replica holds both"
+    );
+    // The command connection was not taken for a stalled one: reads go on.
+    let (status, page) = app.get_json("/notifications", "slow").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page["notifications"].as_array().map(Vec::len),
+        Some(2),
+        "{page}"
+    );
     app.stop().await;
 }
