@@ -212,18 +212,18 @@ async fn over_tls_a_publish_waits_for_a_replica_longer_than_a_command_may_take()
     app.publish("slow", json!("confirmed at once")).await;
 
     replica.freeze(true);
-    let started = Instant::now();
-    let (response, ()) = tokio::join!(
-        app.publish_raw(
-            json!({ "member_id": "slow", "content": "confirmed late" }),
-            &[]
-        ),
+    let ((response, took), ()) = tokio::join!(
+        async {
+            let started = Instant::now();
+            let body = json!({ "member_id": "slow", "content": "confirmed late" });
+            let response = app.publish_raw(body, &[]).await;
+            (response, started.elapsed())
+        },
         async {
             tokio::time::sleep(Duration::from_secs(3)).await;
             replica.freeze(false);
         }
     );
-    let took = started.elapsed();
     assert!(
         took > Duration::from_millis(2500),
         "the publish waited for the frozen replica (took {took:?})"
