@@ -209,10 +209,10 @@ pub struct Store {
 
 struct Inner {
     redis: Redis,
-    /// With `publish_wait`, what publishes outside the group commit's own connections (a
-    /// cluster, TLS) are sent on: connections whose response timeout covers
-    /// `WAIT`'s, so a replica that takes its time is neither a timeout nor a replaced connection.
-    /// Connected on first use.
+    /// With `publish_wait`, where the writes that end in `WAIT` outside the group commit's own
+    /// connections go (a cluster, TLS, Kafka batches): connections whose response timeout covers
+    /// `WAIT`'s, so a replica that takes its time is neither a timeout nor a replaced command
+    /// connection. Connected on first use.
     waiting: Option<Redis>,
     reads: Semaphore,
     retention: Duration,
