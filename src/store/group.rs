@@ -117,17 +117,24 @@ impl Store {
     }
 
     /// Sends one call for `jobs` and answers each of them; what the writes taught the instance
-    /// is remembered first, even for a publisher that has gone meanwhile.
+    /// is remembered first, even for a publisher that has gone meanwhile. The call, and the
+    /// retries one by one if it is refused, share one deadline: `RESPONSE_TIMEOUT` plus `WAIT`'s,
+    /// at most `CALL_DEADLINE`, so a publish is answered within its request's time either way.
     async fn commit_jobs(&self, jobs: Vec<Job>) {
         let (mut parts, answers): (Vec<PublishPart>, Vec<_>) =
             jobs.into_iter().map(|job| (job.part, job.answer)).unzip();
-        let results: Vec<Result<ScriptAppended, StoreError>> = match self.call(&mut parts).await {
+        let wait = self.inner.publish_wait;
+        let deadline = Instant::now()
+            + (RESPONSE_TIMEOUT + wait.map_or(Duration::ZERO, |wait| wait.timeout))
+                .min(CALL_DEADLINE);
+        let called = self.call(&mut parts, deadline).await;
+        let results: Vec<Result<ScriptAppended, StoreError>> = match called {
             Err(error) if parts.len() > 1 && error.refused_before_writing() => {
                 if let Some(metrics) = self.inner.group.metrics.get() {
                     metrics.split.inc();
                 }
                 tracing::warn!(publishes = parts.len(), %error, "a shared publish call was refused; retrying its publishes one by one");
-                self.call_each(&mut parts).await
+                self.call_each(&mut parts, deadline).await
             }
             Err(error) => shared_failure(error, parts.len()),
             Ok(mut replies) => match replies.pop() {
@@ -155,29 +162,38 @@ impl Store {
         }
     }
 
-    /// One `publish.lua` call for `parts` (with `WAIT` when configured).
-    async fn call(&self, parts: &mut [PublishPart]) -> Result<Vec<Value>, StoreError> {
+    /// One `publish.lua` call for `parts` (with `WAIT` when configured), answered by `deadline`.
+    async fn call(
+        &self,
+        parts: &mut [PublishPart],
+        deadline: Instant,
+    ) -> Result<Vec<Value>, StoreError> {
         if let Some(metrics) = self.inner.group.metrics.get() {
             metrics.sizes.observe(parts.len() as f64);
         }
         if self.inner.wire_to.is_some() {
             let whole = 0..parts.len();
-            let mut replies = self.calls_on_wire(parts, vec![whole]).await?;
+            let mut replies = self.calls_on_wire(parts, vec![whole], deadline).await?;
             return Ok(vec![replies.pop().unwrap_or(Err(StoreError::Reply(
                 "publish call returned nothing",
             )))?]);
         }
+        let wait = answered_by(self.inner.publish_wait, deadline)?;
         let call = self.publish_call(parts);
-        self.run_partitioned(vec![(0, call)], &scripts::PUBLISH, self.inner.publish_wait)
-            .await
+        by(
+            deadline,
+            self.run_partitioned(vec![(0, call)], &scripts::PUBLISH, wait),
+        )
+        .await
     }
 
-    /// Each of `parts` in a `publish.lua` call of its own, after their shared call was refused:
-    /// on the slot's connection all of them in one pipeline ending in one `WAIT`, else all at
-    /// once through the redis crate (which pipelines them too).
+    /// Each of `parts` in a `publish.lua` call of its own, after their shared call was refused,
+    /// answered by `deadline`: on the slot's connection all of them in one pipeline ending in one
+    /// `WAIT`, else all at once through the redis crate (which pipelines them too).
     async fn call_each(
         &self,
         parts: &mut [PublishPart],
+        deadline: Instant,
     ) -> Vec<Result<ScriptAppended, StoreError>> {
         if let Some(metrics) = self.inner.group.metrics.get() {
             for _ in 0..parts.len() {
@@ -186,16 +202,16 @@ impl Store {
         }
         if self.inner.wire_to.is_none() {
             let alone = parts.iter_mut().map(|part| async move {
+                let wait = answered_by(self.inner.publish_wait, deadline)?;
                 let call = self.publish_call(std::slice::from_mut(part));
-                let mut replies = self
-                    .run_partitioned(vec![(0, call)], &scripts::PUBLISH, self.inner.publish_wait)
-                    .await?;
+                let run = self.run_partitioned(vec![(0, call)], &scripts::PUBLISH, wait);
+                let mut replies = by(deadline, run).await?;
                 appended(replies.pop().unwrap_or(Value::Nil), &part.seen)
             });
             return futures_util::future::join_all(alone).await;
         }
         let each = (0..parts.len()).map(|i| i..i + 1).collect();
-        match self.calls_on_wire(parts, each).await {
+        match self.calls_on_wire(parts, each, deadline).await {
             Ok(replies) => replies
                 .into_iter()
                 .zip(parts.iter())
@@ -208,21 +224,20 @@ impl Store {
     /// Script calls, each carrying the `parts` of one range, pipelined on a connection of the
     /// slot's own and followed by one `WAIT` when configured; each call's reply. By SHA, and the
     /// calls Redis answered NOSCRIPT (nothing of theirs ran) once more by source. `Err` when the
-    /// exchange itself failed: then the connection is dropped, and the idle ones with it, as they
-    /// reach the same server and a publish must not find a dead one. The calls get one deadline,
-    /// connecting aside: `RESPONSE_TIMEOUT` plus `WAIT`'s, at most `CALL_DEADLINE`.
+    /// first exchange failed; if the second fails, only the calls it carried do. After a failed
+    /// exchange the connection is dropped, and the idle ones with it, as they reach the same
+    /// server and a publish must not find a dead one. Every exchange is answered by `deadline`,
+    /// connecting aside.
     async fn calls_on_wire(
         &self,
         parts: &mut [PublishPart],
         calls: Vec<Range<usize>>,
+        deadline: Instant,
     ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
-        let wait = self.inner.publish_wait;
-        let deadline = Instant::now()
-            + (RESPONSE_TIMEOUT + wait.map_or(Duration::ZERO, |wait| wait.timeout))
-                .min(CALL_DEADLINE);
         let mut wire = self.publish_wire().await?;
         let mut exchange = async |calls: &[Range<usize>], by_source: bool| {
-            let request = self.publish_request(parts, calls, by_source)?;
+            let wait = answered_by(self.inner.publish_wait, deadline)?;
+            let request = self.publish_request(parts, calls, by_source, wait)?;
             let replies = calls.len() + usize::from(wait.is_some());
             let left = deadline.saturating_duration_since(Instant::now());
             wire.exchange(&request, replies, left, |replies| {
@@ -231,7 +246,9 @@ impl Store {
             .await
         };
         let mut replies = exchange(&calls, false).await;
-        if let Ok(first) = &replies {
+        // Every reply was read: the connection is as good as before.
+        let mut intact = replies.is_ok();
+        if let Ok(first) = &mut replies {
             let forgotten: Vec<usize> = (0..first.len())
                 .filter(
                     |&i| matches!(&first[i], Err(StoreError::Wire(error)) if error.is_noscript()),
@@ -240,15 +257,21 @@ impl Store {
             if !forgotten.is_empty() {
                 let again: Vec<Range<usize>> =
                     forgotten.iter().map(|&i| calls[i].clone()).collect();
-                replies = match exchange(&again, true).await {
-                    Ok(retried) => replies.map(|mut first| {
+                match exchange(&again, true).await {
+                    Ok(retried) => {
                         for (i, reply) in forgotten.into_iter().zip(retried) {
                             first[i] = reply;
                         }
-                        first
-                    }),
-                    Err(error) => Err(error),
-                };
+                    }
+                    // The calls that ran the first time keep their answers.
+                    Err(error) => {
+                        intact = false;
+                        let error = Arc::new(error);
+                        for i in forgotten {
+                            first[i] = Err(StoreError::Shared(Arc::clone(&error)));
+                        }
+                    }
+                }
             }
         }
         let mut idle = self
@@ -257,11 +280,10 @@ impl Store {
             .wires
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match &replies {
-            // Every reply was read: the connection is as good as before.
-            Ok(_) if idle.len() < IN_FLIGHT => idle.push(wire),
-            Ok(_) => {}
-            Err(_) => idle.clear(),
+        if !intact {
+            idle.clear();
+        } else if idle.len() < IN_FLIGHT {
+            idle.push(wire);
         }
         replies
     }
@@ -295,13 +317,14 @@ impl Store {
     }
 
     /// The calls as bytes, one per range of `parts`: `EVALSHA publish.lua`, or `EVAL` with its
-    /// source; then `WAIT` when configured. `Err` (nothing sent) if the arguments do not add up
-    /// to the count in a call's head, which Redis would take for another command's.
+    /// source; then `WAIT` when `wait`. `Err` (nothing sent) if the arguments do not add up to
+    /// the count in a call's head, which Redis would take for another command's.
     fn publish_request(
         &self,
         parts: &mut [PublishPart],
         calls: &[Range<usize>],
         by_source: bool,
+        wait: Option<PublishWait>,
     ) -> Result<Vec<u8>, StoreError> {
         let bytes: usize = parts.iter().map(PublishPart::bytes).sum();
         let mut request = Vec::with_capacity(bytes + 64 * parts.len() + 256 * calls.len());
@@ -327,7 +350,7 @@ impl Store {
                 ));
             }
         }
-        if let Some(wait) = self.inner.publish_wait {
+        if let Some(wait) = wait {
             let timeout = u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX);
             wire::command(
                 &mut request,
@@ -340,6 +363,36 @@ impl Store {
         }
         Ok(request)
     }
+}
+
+/// `wait` with its timeout shortened so that `WAIT` answers `RESPONSE_TIMEOUT` before
+/// `deadline` (at least 1 ms: 0 would wait forever); `Busy` (nothing is sent) once the deadline
+/// has passed.
+fn answered_by(
+    wait: Option<PublishWait>,
+    deadline: Instant,
+) -> Result<Option<PublishWait>, StoreError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(StoreError::Busy);
+    }
+    Ok(wait.map(|wait| PublishWait {
+        timeout: wait
+            .timeout
+            .min(left.saturating_sub(RESPONSE_TIMEOUT))
+            .max(Duration::from_millis(1)),
+        ..wait
+    }))
+}
+
+/// `call`, answered by `deadline` or given up as `Late` (it may have been sent and applied).
+async fn by<T>(
+    deadline: Instant,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout_at(deadline.into(), call)
+        .await
+        .unwrap_or(Err(StoreError::Late))
 }
 
 /// The failure of a call (or pipeline) every one of its `publishes` shares.
@@ -427,5 +480,36 @@ async fn gather(store: Weak<Inner>, mut jobs: mpsc::Receiver<Job>) {
             store.commit_jobs(batch).await;
             drop(slot);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: PublishWait = PublishWait {
+        replicas: 1,
+        timeout: Duration::from_secs(10),
+    };
+
+    #[test]
+    fn a_wait_is_shortened_to_answer_before_the_deadline() {
+        let now = Instant::now();
+        let wait = |left: Duration| answered_by(Some(WAIT), now + left).map(|w| w.unwrap().timeout);
+        assert_eq!(wait(Duration::from_secs(60)).unwrap(), WAIT.timeout);
+        let shortened = wait(Duration::from_secs(7)).unwrap();
+        assert!(shortened <= Duration::from_secs(5) && shortened > Duration::from_secs(4));
+        assert_eq!(
+            wait(Duration::from_secs(1)).unwrap(),
+            Duration::from_millis(1)
+        );
+        assert!(matches!(
+            answered_by(None, now + Duration::from_secs(1)),
+            Ok(None)
+        ));
+        assert!(matches!(
+            answered_by(Some(WAIT), now),
+            Err(StoreError::Busy)
+        ));
     }
 }

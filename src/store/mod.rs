@@ -70,6 +70,10 @@ pub enum StoreError {
     /// No connection of the instance's own could be opened: nothing was sent.
     #[error("redis could not be reached")]
     Unreached(#[source] wire::WireError),
+    /// A publish call was sent and not answered by its deadline (group commit): it may have been
+    /// applied.
+    #[error("redis did not answer the publish call in time")]
+    Late,
 }
 
 impl StoreError {
@@ -84,7 +88,7 @@ impl StoreError {
             }
             Self::Reply(_) | Self::Busy | Self::Unreached(_) => false,
             Self::Wire(error) => error.outcome_unknown(),
-            Self::NotReplicated { .. } | Self::Abandoned => true,
+            Self::NotReplicated { .. } | Self::Abandoned | Self::Late => true,
             Self::Shared(error) => error.outcome_unknown(),
         }
     }

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sse_notify::model::MemberId;
+use sse_notify::store::keys;
 
 use crate::support::app::PUBLISH_TOKEN;
 use crate::support::{RedisServer, TestApp, WAIT};
@@ -425,5 +427,77 @@ async fn concurrent_publishes_share_calls_and_a_refused_one_fails_alone() {
     }
     let (_, shared) = app.get_json("/notifications?limit=1000", "shared").await;
     assert_eq!(shared["notifications"].as_array().unwrap().len(), total);
+    app.stop().await;
+}
+
+/// A shared call refused after its `WAIT` took the whole timeout leaves its publishes' retries
+/// one by one only what is left of the call's deadline: they are answered in time (504 stored,
+/// 503 not), never cut off by the request's own 30 s (408). Timeline, with no replica so every
+/// `WAIT` takes its 16 s: four blockers hold the four call slots; the late publishes queue
+/// (bob's names a key of another type) and go out as one call when a slot frees at 16 s; it is
+/// refused after 16 s more, then split. A fresh deadline per retry would add 16 s: 35 s in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_a_refused_shared_call_keep_its_deadline() {
+    const WAIT_MS: u64 = 16_000;
+    let redis = RedisServer::start();
+    let wait = WAIT_MS.to_string();
+    let args = [
+        "--publish-wait-replicas",
+        "1",
+        "--publish-wait-timeout-ms",
+        &wait,
+    ];
+    let app = TestApp::start(&redis.url(), &args).await;
+    let stream = |member: &str| keys::stream(&member.parse::<MemberId>().expect("a member id"));
+    redis.cli(&["SET", &stream("bob"), "not a stream"]);
+
+    let mut blockers = Vec::new();
+    for i in 0..4 {
+        let publisher = app.publisher_raw();
+        let body = json!({ "member_id": format!("blocker{i}"), "content": i });
+        blockers.push(tokio::spawn(async move { publisher.post_json(body).await }));
+        // Each one alone in a call of its own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(WAIT_MS - 4_000)).await;
+    let late = (0..20).map(|i| {
+        let publisher = app.publisher_raw();
+        let members = if i == 10 {
+            json!(["bob", "bob-other"])
+        } else {
+            json!([format!("late{i}")])
+        };
+        async move {
+            let answer = publisher
+                .post_json(json!({ "member_ids": members, "content": i }))
+                .await;
+            (i, answer)
+        }
+    });
+    for (i, (status, body)) in futures_util::future::join_all(late).await {
+        if i == 10 {
+            assert_eq!(status, 503, "bob's publish is refused: {body}");
+            assert_eq!(body["error"], "store_unavailable");
+        } else {
+            assert_eq!(status, 504, "late publish {i}, stored unconfirmed: {body}");
+            assert_eq!(body["error"], "outcome_unknown");
+            let late = stream(&format!("late{i}"));
+            assert_eq!(redis.cli(&["XLEN", &late]), "1", "late publish {i}");
+        }
+    }
+    for blocker in blockers {
+        let (status, body) = blocker.await.expect("blocker joined");
+        assert_eq!(status, 504, "no replica confirmed it: {body}");
+    }
+    assert!(
+        app.metric("sse_notify_publish_calls_split_total").await >= 1.0,
+        "the late publishes did not share a call"
+    );
+    let other = stream("bob-other");
+    assert_eq!(
+        redis.cli(&["EXISTS", &other]),
+        "0",
+        "bob's publish stored nothing"
+    );
     app.stop().await;
 }
