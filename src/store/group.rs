@@ -47,8 +47,9 @@ const MAX_BYTES: usize = 1 << 20;
 const QUEUE: usize = 4096;
 /// How long a publish may wait for a call before it is answered unsent.
 const QUEUE_DEADLINE: Duration = Duration::from_secs(5);
-/// How long a call may take on the slot's connection, `WAIT` included: with the queue's wait, a
-/// publish is answered (504 if its write may have landed) within the request's 30 s deadline.
+/// How long a call, `WAIT` included, and the retries one by one if it is refused may take: with
+/// the queue's wait, a publish is answered (504 if its write may have landed) within the request's
+/// 30 s deadline.
 const CALL_DEADLINE: Duration = Duration::from_secs(20);
 const _: () =
     assert!(RESPONSE_TIMEOUT.as_secs() + MAX_PUBLISH_WAIT.as_secs() <= CALL_DEADLINE.as_secs());
@@ -119,7 +120,7 @@ impl Store {
     /// Sends one call for `jobs` and answers each of them; what the writes taught the instance
     /// is remembered first, even for a publisher that has gone meanwhile. The call, and the
     /// retries one by one if it is refused, share one deadline: `RESPONSE_TIMEOUT` plus `WAIT`'s,
-    /// at most `CALL_DEADLINE`, so a publish is answered within its request's time either way.
+    /// at most `CALL_DEADLINE`.
     async fn commit_jobs(&self, jobs: Vec<Job>) {
         let (mut parts, answers): (Vec<PublishPart>, Vec<_>) =
             jobs.into_iter().map(|job| (job.part, job.answer)).unzip();
@@ -163,6 +164,8 @@ impl Store {
     }
 
     /// One `publish.lua` call for `parts` (with `WAIT` when configured), answered by `deadline`.
+    /// Through the redis crate, the connection's own response timeout (as long, from the moment
+    /// it is sent) bounds it instead, so that a stalled connection is seen and replaced.
     async fn call(
         &self,
         parts: &mut [PublishPart],
@@ -178,13 +181,9 @@ impl Store {
                 "publish call returned nothing",
             )))?]);
         }
-        let wait = answered_by(self.inner.publish_wait, deadline)?;
         let call = self.publish_call(parts);
-        by(
-            deadline,
-            self.run_partitioned(vec![(0, call)], &scripts::PUBLISH, wait),
-        )
-        .await
+        self.run_partitioned(vec![(0, call)], &scripts::PUBLISH, self.inner.publish_wait)
+            .await
     }
 
     /// Each of `parts` in a `publish.lua` call of its own, after their shared call was refused,
@@ -226,15 +225,18 @@ impl Store {
     /// calls Redis answered NOSCRIPT (nothing of theirs ran) once more by source. `Err` when the
     /// first exchange failed; if the second fails, only the calls it carried do. After a failed
     /// exchange the connection is dropped, and the idle ones with it, as they reach the same
-    /// server and a publish must not find a dead one. Every exchange is answered by `deadline`,
-    /// connecting aside.
+    /// server and a publish must not find a dead one. Connecting and every exchange are done by
+    /// `deadline`.
     async fn calls_on_wire(
         &self,
         parts: &mut [PublishPart],
         calls: Vec<Range<usize>>,
         deadline: Instant,
     ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
-        let mut wire = self.publish_wire().await?;
+        let Ok(wire) = tokio::time::timeout_at(deadline.into(), self.publish_wire()).await else {
+            return Err(StoreError::Busy);
+        };
+        let mut wire = wire?;
         let mut exchange = async |calls: &[Range<usize>], by_source: bool| {
             let wait = answered_by(self.inner.publish_wait, deadline)?;
             let request = self.publish_request(parts, calls, by_source, wait)?;
@@ -365,9 +367,9 @@ impl Store {
     }
 }
 
-/// `wait` with its timeout shortened so that `WAIT` answers `RESPONSE_TIMEOUT` before
-/// `deadline` (at least 1 ms: 0 would wait forever); `Busy` (nothing is sent) once the deadline
-/// has passed.
+/// `wait` with its timeout shortened to leave `RESPONSE_TIMEOUT` before `deadline` (at least 1 ms:
+/// 0 would wait forever), so the calls it follows answer in time; `Busy` (nothing is sent) once
+/// the deadline has passed.
 fn answered_by(
     wait: Option<PublishWait>,
     deadline: Instant,
@@ -385,7 +387,7 @@ fn answered_by(
     }))
 }
 
-/// `call`, answered by `deadline` or given up as `Late` (it may have been sent and applied).
+/// `call`, answered by `deadline` or given up as `Late` (it may have been sent, and applied).
 async fn by<T>(
     deadline: Instant,
     call: impl Future<Output = Result<T, StoreError>>,

@@ -60,9 +60,10 @@ pub enum StoreError {
     /// The group commit ended without answering (it panicked): the call may have been sent.
     #[error("the publish was abandoned without an answer")]
     Abandoned,
-    /// The publish waited too long for a script call and was not sent (Redis is far slower than
-    /// the load): nothing was stored.
-    #[error("redis is too slow for the load: the publish waited too long and was not sent")]
+    /// The publish was not sent in time: it waited too long for a script call (Redis is far
+    /// slower than the load), or its call's deadline passed before it could go out. Nothing was
+    /// stored.
+    #[error("redis is too slow: the publish was not sent in time")]
     Busy,
     /// A command on one of the instance's own connections (`wire`) failed.
     #[error(transparent)]
@@ -70,8 +71,8 @@ pub enum StoreError {
     /// No connection of the instance's own could be opened: nothing was sent.
     #[error("redis could not be reached")]
     Unreached(#[source] wire::WireError),
-    /// A publish call was sent and not answered by its deadline (group commit): it may have been
-    /// applied.
+    /// A publish call was not answered by its deadline (group commit): it may have been sent,
+    /// and applied.
     #[error("redis did not answer the publish call in time")]
     Late,
 }

@@ -435,7 +435,8 @@ async fn concurrent_publishes_share_calls_and_a_refused_one_fails_alone() {
 /// 503 not), never cut off by the request's own 30 s (408). Timeline, with no replica so every
 /// `WAIT` takes its 16 s: four blockers hold the four call slots; the late publishes queue
 /// (bob's names a key of another type) and go out as one call when a slot frees at 16 s; it is
-/// refused after 16 s more, then split. A fresh deadline per retry would add 16 s: 35 s in all.
+/// refused after 16 s more, then split. A fresh deadline per retry would add 16 s: 35 s in all
+/// from the late publishes' requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_of_a_refused_shared_call_keep_its_deadline() {
     const WAIT_MS: u64 = 16_000;
@@ -451,15 +452,28 @@ async fn retries_of_a_refused_shared_call_keep_its_deadline() {
     let stream = |member: &str| keys::stream(&member.parse::<MemberId>().expect("a member id"));
     redis.cli(&["SET", &stream("bob"), "not a stream"]);
 
+    let calls = async || app.metric("sse_notify_publish_call_publishes_count").await;
     let mut blockers = Vec::new();
+    let mut first_call = None;
     for i in 0..4 {
         let publisher = app.publisher_raw();
         let body = json!({ "member_id": format!("blocker{i}"), "content": i });
         blockers.push(tokio::spawn(async move { publisher.post_json(body).await }));
-        // Each one alone in a call of its own.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Each one alone in a call of its own: the next is sent once this one's call is made.
+        let made = tokio::time::Instant::now() + WAIT;
+        while calls().await < f64::from(i + 1) {
+            assert!(
+                tokio::time::Instant::now() < made,
+                "blocker {i} made no call"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        first_call.get_or_insert_with(tokio::time::Instant::now);
     }
-    tokio::time::sleep(Duration::from_millis(WAIT_MS - 4_000)).await;
+    assert_eq!(calls().await, 4.0, "one call per blocker");
+    // Queued 3 s before the first slot frees (`QUEUE_DEADLINE` is 5 s).
+    let queued_at = first_call.unwrap() + Duration::from_millis(WAIT_MS - 3_000);
+    tokio::time::sleep_until(queued_at).await;
     let late = (0..20).map(|i| {
         let publisher = app.publisher_raw();
         let members = if i == 10 {
