@@ -195,17 +195,37 @@ impl FromStr for StreamId {
     type Err = InvalidStreamId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ms, seq) = s.split_once('-').ok_or(InvalidStreamId)?;
-        Ok(Self {
-            ms: parse_decimal(ms).ok_or(InvalidStreamId)?,
-            seq: parse_decimal(seq).ok_or(InvalidStreamId)?,
+        Self::from_ascii(s.as_bytes()).ok_or(InvalidStreamId)
+    }
+}
+
+impl StreamId {
+    /// Parses `<ms>-<seq>` straight from bytes (a Redis reply holds a million of them in a
+    /// reconnect storm): the same strict rule as [`FromStr`], without a UTF-8 check or `str::parse`.
+    pub fn from_ascii(bytes: &[u8]) -> Option<Self> {
+        let dash = memchr::memchr(b'-', bytes)?;
+        Some(Self {
+            ms: parse_decimal(&bytes[..dash])?,
+            seq: parse_decimal(&bytes[dash + 1..])?,
         })
+    }
+
+    /// Appends `<ms>-<seq>` to `out`: what `Display` writes, without the formatting machinery
+    /// (every frame carries its id twice).
+    pub fn push_to(&self, out: &mut String) {
+        let mut digits = itoa::Buffer::new();
+        out.push_str(digits.format(self.ms));
+        out.push('-');
+        out.push_str(digits.format(self.seq));
     }
 }
 
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
+        let mut digits = itoa::Buffer::new();
+        f.write_str(digits.format(self.ms))?;
+        f.write_str("-")?;
+        f.write_str(digits.format(self.seq))
     }
 }
 
@@ -216,11 +236,14 @@ impl Serialize for StreamId {
 }
 
 /// Strict unsigned decimal: digits only (no sign, no spaces), fits in a `u64`.
-fn parse_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
         return None;
     }
-    s.parse().ok()
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Where a subscriber resumes (API.md, `GET /notification/subscribe`).
@@ -268,7 +291,7 @@ impl Resume {
         }
         match present(hints.last_message) {
             None | Some("empty") => Ok(Self::Fresh),
-            Some(ms) => parse_decimal(ms)
+            Some(ms) => parse_decimal(ms.as_bytes())
                 .map(|ms| Self::Since(StreamId::before_ms(ms)))
                 .ok_or(InvalidResume::LastMessage),
         }
@@ -397,28 +420,42 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Room for its SSE frame: the fixed text and two ids (at most ~130 bytes), type and content.
+    pub fn frame_capacity(&self) -> usize {
+        160 + self.kind.len() + self.content.len()
+    }
+
     /// The notification JSON shared by SSE `data` and the history page.
     pub fn write_json(&self, member: &MemberId, out: &mut String) {
         out.push_str("{\"id\":\"");
-        let _ = write!(out, "{}", self.id);
+        self.id.push_to(out);
         out.push_str("\",\"member_id\":\"");
         out.push_str(member.as_str()); // alphabet needs no escaping
         out.push_str("\",\"type\":");
         push_json_string(&self.kind, out);
         out.push_str(",\"content\":");
         out.push_str(&self.content);
-        let _ = write!(out, ",\"time\":{}}}", self.id.ms);
+        out.push_str(",\"time\":");
+        out.push_str(itoa::Buffer::new().format(self.id.ms));
+        out.push('}');
     }
 }
 
 fn push_json_string(s: &str, out: &mut String) {
+    // What JSON escapes: quote, backslash, control characters. Types rarely hold any.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // Serializing a &str into a String cannot fail.
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\"")));
 }
 
 /// An SSE frame for one notification: `id:`, `event: notification`, one or more `data:` lines.
 pub fn notification_frame(entry: &Entry, member: &MemberId) -> String {
-    let mut frame = String::with_capacity(160 + entry.kind.len() + entry.content.len());
+    let mut frame = String::with_capacity(entry.frame_capacity());
     push_notification_frame(entry, member, &mut frame);
     frame
 }
@@ -426,12 +463,14 @@ pub fn notification_frame(entry: &Entry, member: &MemberId) -> String {
 /// [`notification_frame`], appended to `out`. The JSON is written in place; only content with a
 /// raw line break (stored by an older writer) is split into `data:` lines afterwards.
 pub fn push_notification_frame(entry: &Entry, member: &MemberId, out: &mut String) {
-    let _ = write!(out, "id: {}\nevent: notification\n", entry.id);
+    out.push_str("id: ");
+    entry.id.push_to(out);
+    out.push_str("\nevent: notification\n");
     let line = out.len();
     out.push_str("data: ");
     let json = out.len();
     entry.write_json(member, out);
-    if out[json..].contains(['\r', '\n']) {
+    if memchr::memchr2(b'\r', b'\n', &out.as_bytes()[json..]).is_some() {
         let payload = out.split_off(json);
         out.truncate(line);
         write_data_lines(&payload, out);
@@ -474,6 +513,48 @@ fn present(hint: Option<&str>) -> Option<&str> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn stream_ids_parse_from_bytes_strictly_and_print_as_displayed() {
+        let max = StreamId::MAX.to_string();
+        assert_eq!(max, "18446744073709551615-18446744073709551615");
+        assert_eq!(StreamId::from_ascii(max.as_bytes()), Some(StreamId::MAX));
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1-2-3",
+            "+1-0",
+            "1 -0",
+            "18446744073709551616-0",
+            "a-0",
+        ] {
+            assert_eq!(StreamId::from_ascii(bad.as_bytes()), None, "{bad:?}");
+        }
+        let mut out = String::from("x");
+        StreamId::new(1_700_000_000_000, 12).push_to(&mut out);
+        assert_eq!(out, "x1700000000000-12");
+    }
+
+    proptest! {
+        #[test]
+        fn stream_ids_print_alike_and_parse_back_from_bytes(ms: u64, seq: u64) {
+            let id = StreamId::new(ms, seq);
+            let mut pushed = String::new();
+            id.push_to(&mut pushed);
+            prop_assert_eq!(&pushed, &format!("{ms}-{seq}"));
+            prop_assert_eq!(&id.to_string(), &pushed);
+            prop_assert_eq!(StreamId::from_ascii(pushed.as_bytes()), Some(id));
+        }
+
+        #[test]
+        fn types_are_escaped_as_serde_json_does(kind in "\\PC*|[\"\\\\\u{0}-\u{1f}a\u{7f}é]*") {
+            let mut out = String::new();
+            push_json_string(&kind, &mut out);
+            prop_assert_eq!(out, serde_json::to_string(&kind).unwrap());
+        }
+    }
 
     #[test]
     fn read_state_frames_have_no_id() {

@@ -261,6 +261,7 @@ impl Session {
     /// Frames a batch (read from inside the retention window, continuity checked) and moves to
     /// the next batch, or to live delivery after a short one.
     fn push_entries(&mut self, out: &mut String, entries: &[Entry]) {
+        out.reserve(entries.iter().map(Entry::frame_capacity).sum());
         let mut replayed = 0;
         for entry in entries {
             if entry.id <= self.last_sent {

@@ -1183,10 +1183,7 @@ fn number(value: &Value) -> Result<u64, StoreError> {
 }
 
 fn parse_id(bytes: &[u8]) -> Result<StreamId, StoreError> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(StoreError::Reply("malformed stream id"))
+    StreamId::from_ascii(bytes).ok_or(StoreError::Reply("malformed stream id"))
 }
 
 fn text(bytes: &[u8]) -> Result<String, StoreError> {

@@ -342,11 +342,27 @@ fn length(text: &[u8]) -> Result<Option<usize>, WireError> {
     }
 }
 
+/// A reply's decimal integer: an optional `-`, then digits only (each bulk string's length is
+/// one, so this runs for every field of every replayed entry).
 fn integer(text: &[u8]) -> Result<i64, WireError> {
-    std::str::from_utf8(text)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or(WireError::Protocol("not an integer"))
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    let magnitude = (!digits.is_empty())
+        .then(|| {
+            digits.iter().try_fold(0u64, |n, &b| {
+                let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+                n.checked_mul(10)?.checked_add(u64::from(digit))
+            })
+        })
+        .flatten();
+    let value = match magnitude {
+        Some(m) if negative => 0i64.checked_sub_unsigned(m),
+        Some(m) => i64::try_from(m).ok(),
+        None => None,
+    };
+    value.ok_or(WireError::Protocol("not an integer"))
 }
 
 /// Reads the element at `*at` (complete: scanned first) and moves past it.
@@ -433,6 +449,36 @@ mod tests {
                 ])]),
             ])
         );
+    }
+
+    #[test]
+    fn integers_are_what_str_parse_reads_without_a_plus_sign() {
+        for text in [
+            "0",
+            "-0",
+            "7",
+            "-1",
+            "0042",
+            "9223372036854775807",
+            "-9223372036854775808",
+        ] {
+            assert_eq!(
+                integer(text.as_bytes()).ok(),
+                text.parse::<i64>().ok(),
+                "{text}"
+            );
+        }
+        for text in [
+            "",
+            "-",
+            "+1",
+            "1a",
+            " 1",
+            "9223372036854775808",
+            "-9223372036854775809",
+        ] {
+            assert!(integer(text.as_bytes()).is_err(), "{text:?}");
+        }
     }
 
     #[test]
