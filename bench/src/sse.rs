@@ -2,10 +2,15 @@
 //! when split across reads; `data:` lines join with `\n`; a blank line dispatches; `:` starts a
 //! comment; a leading BOM is ignored.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// One dispatched event. The id and type are shared (`Arc`): each event carries the stream's last
+/// id, and the types repeat, so neither costs an allocation per event.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub id: Option<String>,
-    pub event: Option<String>,
+    pub id: Option<Arc<str>>,
+    pub event: Option<Arc<str>>,
     pub data: String,
 }
 
@@ -16,7 +21,9 @@ pub struct Parser {
     after_cr: bool,
     started: bool,
     /// The last event id persists across events, as in a browser.
-    last_id: Option<String>,
+    last_id: Option<Arc<str>>,
+    /// The last `event:` type seen, reused while it repeats.
+    last_type: Option<Arc<str>>,
     event: Event,
     has_data: bool,
     pub comments: u64,
@@ -98,7 +105,11 @@ impl Parser {
             ),
             None => (line, &[][..]),
         };
-        let value = String::from_utf8_lossy(value);
+        // Valid UTF-8 (every line here) is checked word by word; only invalid bytes are replaced.
+        let value = match std::str::from_utf8(value) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(value),
+        };
         match field {
             b"data" => {
                 if self.has_data {
@@ -107,8 +118,13 @@ impl Parser {
                 self.event.data.push_str(&value);
                 self.has_data = true;
             }
-            b"event" => self.event.event = Some(value.into_owned()),
-            b"id" if !value.contains('\0') => self.last_id = Some(value.into_owned()),
+            b"event" => {
+                if self.last_type.as_deref() != Some(&*value) {
+                    self.last_type = Some(value.into());
+                }
+                self.event.event.clone_from(&self.last_type);
+            }
+            b"id" if !value.contains('\0') => self.last_id = Some(value.into()),
             b"retry" => self.retry = value.parse().ok().or(self.retry),
             _ => {}
         }
