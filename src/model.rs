@@ -420,7 +420,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Room for its SSE frame: the fixed text and two ids (at most ~130 bytes), type and content.
+    /// Room for its SSE frame, as a hint: the fixed text, both ids and a short member id fit in
+    /// 160 bytes, plus type and content.
     pub fn frame_capacity(&self) -> usize {
         160 + self.kind.len() + self.content.len()
     }
