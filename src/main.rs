@@ -22,6 +22,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// sysexits' EX_USAGE: a configuration the service refuses to start with.
 const EXIT_BAD_CONFIG: u8 = 64;
+/// Worker threads `TOKIO_WORKER_THREADS` may ask for: beyond, a typo, not a machine.
+const MAX_WORKER_THREADS: usize = 1024;
 
 fn main() -> ExitCode {
     let mut args = match Args::try_parse() {
@@ -45,6 +47,10 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    if let Err(message) = check_worker_threads() {
+        eprintln!("sse-notify: {message}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -79,7 +85,8 @@ const LISTEN_BACKLOG: u32 = 65_535;
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = listen(config.listen_addr)
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
-    tracing::info!(addr = %config.listen_addr, "listening");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(addr = %config.listen_addr, workers, "listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     app::run(config, listener, shutdown).await
@@ -112,6 +119,22 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
     shutdown.cancel();
+}
+
+/// tokio reads `TOKIO_WORKER_THREADS` (default: one worker per core) and panics on a value it
+/// cannot use: such a value is refused here first, like any other setting.
+fn check_worker_threads() -> Result<(), String> {
+    let value = match std::env::var("TOKIO_WORKER_THREADS") {
+        Err(std::env::VarError::NotPresent) => return Ok(()),
+        Err(std::env::VarError::NotUnicode(_)) => String::from("(not UTF-8)"),
+        Ok(value) => value,
+    };
+    match value.parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Ok(()),
+        _ => Err(format!(
+            "TOKIO_WORKER_THREADS={value}: a number of worker threads from 1 to {MAX_WORKER_THREADS} (unset: one per core)"
+        )),
+    }
 }
 
 fn refused(error: &config::ConfigError) -> ExitCode {

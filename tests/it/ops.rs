@@ -297,6 +297,17 @@ fn every_refused_configuration_exits_64_the_migration_included() {
             &["migrate-zset"],
             "MAX_PER_MEMBER",
         ),
+        // tokio's own setting, which tokio would answer with a panic.
+        (
+            &[("AUTH_MODE", "gateway"), ("TOKIO_WORKER_THREADS", "0")],
+            &[],
+            "TOKIO_WORKER_THREADS",
+        ),
+        (
+            &[("TOKIO_WORKER_THREADS", "two")],
+            &["migrate-zset"],
+            "TOKIO_WORKER_THREADS",
+        ),
     ] {
         let output = run(env, args);
         let stderr = String::from_utf8_lossy(&output.stderr);
