@@ -236,7 +236,7 @@ impl Serialize for StreamId {
 }
 
 /// Strict unsigned decimal: digits only (no sign, no spaces), fits in a `u64`.
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }

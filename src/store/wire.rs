@@ -349,15 +349,7 @@ fn integer(text: &[u8]) -> Result<i64, WireError> {
         [b'-', rest @ ..] => (true, rest),
         _ => (false, text),
     };
-    let magnitude = (!digits.is_empty())
-        .then(|| {
-            digits.iter().try_fold(0u64, |n, &b| {
-                let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
-                n.checked_mul(10)?.checked_add(u64::from(digit))
-            })
-        })
-        .flatten();
-    let value = match magnitude {
+    let value = match crate::model::parse_decimal(digits) {
         Some(m) if negative => 0i64.checked_sub_unsigned(m),
         Some(m) => i64::try_from(m).ok(),
         None => None,
