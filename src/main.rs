@@ -47,26 +47,44 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    if let Err(message) = check_worker_threads() {
-        eprintln!("sse-notify: {message}");
-        return ExitCode::from(EXIT_BAD_CONFIG);
-    }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The configuration first: the worker count depends on where Redis is.
+    let job = match command {
+        Some(Command::MigrateZset(migrate_args)) => match Storage::from_args(&args) {
+            Ok(storage) => Job::Migrate(storage, migrate_args),
+            Err(error) => return refused(&error),
+        },
+        None => match Config::try_from(args) {
+            Ok(config) => Job::Serve(Box::new(config)),
+            Err(error) => return refused(&error),
+        },
+    };
+    let storage = match &job {
+        Job::Migrate(storage, _) => storage,
+        Job::Serve(config) => &config.storage,
+    };
+    let workers = match worker_threads(storage.redis.on_this_host()) {
+        Ok(workers) => workers,
+        Err(message) => {
+            eprintln!("sse-notify: {message}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");
             return ExitCode::FAILURE;
         }
     };
-    let outcome = match command {
-        Some(Command::MigrateZset(migrate_args)) => match Storage::from_args(&args) {
-            Ok(storage) => runtime.block_on(migrate_zset(storage, migrate_args)),
-            Err(error) => return refused(&error),
-        },
-        None => match Config::try_from(args) {
-            Ok(config) => runtime.block_on(serve(config)),
-            Err(error) => return refused(&error),
-        },
+    let outcome = match job {
+        Job::Migrate(storage, migrate_args) => {
+            runtime.block_on(migrate_zset(storage, migrate_args))
+        }
+        Job::Serve(config) => runtime.block_on(serve(*config)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,18 +139,31 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// tokio reads `TOKIO_WORKER_THREADS` (default: one worker per core) and panics on a value it
-/// cannot use: such a value is refused here first, like any other setting.
-fn check_worker_threads() -> Result<(), String> {
+/// What the binary was asked to do, once its configuration is accepted.
+enum Job {
+    Serve(Box<Config>),
+    Migrate(Storage, MigrateArgs),
+}
+
+/// The runtime's worker threads: `TOKIO_WORKER_THREADS` when set (1 to `MAX_WORKER_THREADS`,
+/// anything else refused like any other setting), else one per core, less one when Redis runs on
+/// this machine: it needs a core of its own, and workers that take turns with it on every
+/// notification wake each other across cores for nothing (on 2 cores with a local Redis, one
+/// worker delivered a third more at the same CPU; BENCHMARKS.md, History "2026-12-03 (evening)").
+fn worker_threads(redis_on_this_host: bool) -> Result<usize, String> {
     let value = match std::env::var("TOKIO_WORKER_THREADS") {
-        Err(std::env::VarError::NotPresent) => return Ok(()),
+        Err(std::env::VarError::NotPresent) => {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            let spared = usize::from(redis_on_this_host);
+            return Ok(cores.saturating_sub(spared).max(1));
+        }
         Err(std::env::VarError::NotUnicode(_)) => String::from("(not UTF-8)"),
         Ok(value) => value,
     };
     match value.parse::<usize>() {
-        Ok(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Ok(()),
+        Ok(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Ok(n),
         _ => Err(format!(
-            "TOKIO_WORKER_THREADS={value}: a number of worker threads from 1 to {MAX_WORKER_THREADS} (unset: one per core)"
+            "TOKIO_WORKER_THREADS={value}: a number of worker threads from 1 to {MAX_WORKER_THREADS} (unset: one per core, less one when Redis is on this machine)"
         )),
     }
 }

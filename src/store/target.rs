@@ -130,6 +130,22 @@ impl RedisTarget {
         }
     }
 
+    /// Whether every server is on this machine as far as its URL tells: a Unix socket, `localhost`
+    /// or a loopback address. Such a Redis takes its CPU from the cores the instance runs on.
+    pub fn on_this_host(&self) -> bool {
+        self.urls().iter().all(|url| {
+            let Ok(info) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) else {
+                return false;
+            };
+            match info.addr() {
+                redis::ConnectionAddr::Unix(_) => true,
+                redis::ConnectionAddr::Tcp(host, _)
+                | redis::ConnectionAddr::TcpTls { host, .. } => is_loopback(host),
+                _ => false,
+            }
+        })
+    }
+
     /// Whether a URL turns certificate verification off (`rediss://…/#insecure`).
     pub fn skips_verification(&self) -> bool {
         self.urls().iter().any(|url| url.ends_with("#insecure"))
@@ -208,6 +224,17 @@ impl RedisTarget {
     }
 }
 
+/// `localhost` (and its subdomains, RFC 6761) or a loopback address, bracketed or not.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let lower = host.to_ascii_lowercase();
+    lower == "localhost"
+        || lower.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn valid_node(url: String, given: &str) -> Result<String, TargetError> {
     match redis::parse_redis_url(&url) {
         Some(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
@@ -260,6 +287,38 @@ pub struct PublishWait {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redis_on_loopback_or_a_unix_socket_is_on_this_host() {
+        let on_this_host = |url: &str, nodes: &[&str]| {
+            let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+            RedisTarget::new(url, &nodes, RedisTls::default())
+                .unwrap()
+                .on_this_host()
+        };
+        assert!(on_this_host("redis://127.0.0.1:6379", &[]));
+        assert!(on_this_host("redis://127.0.0.2:6379/0", &[]));
+        assert!(on_this_host("redis://localhost", &[]));
+        assert!(on_this_host("redis://LocalHost:6380", &[]));
+        assert!(on_this_host("redis://[::1]:6379", &[]));
+        assert!(on_this_host("redis+unix:///run/redis.sock", &[]));
+        assert!(on_this_host("rediss://:secret@localhost:6380", &[]));
+        assert!(!on_this_host("redis://redis:6379", &[]));
+        assert!(!on_this_host("redis://10.0.0.5:6379", &[]));
+        assert!(!on_this_host("redis://localhost.example.com", &[]));
+        assert!(on_this_host(
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+            &[]
+        ));
+        assert!(!on_this_host(
+            "redis+cluster://127.0.0.1:7000,10.0.0.5:7001",
+            &[]
+        ));
+        assert!(!on_this_host(
+            "redis://127.0.0.1",
+            &["redis://127.0.0.1:7000", "redis://cache:7001"]
+        ));
+    }
 
     #[test]
     fn redis_cluster_comes_from_a_cluster_url_or_the_node_list() {

@@ -409,3 +409,48 @@ async fn the_browser_client_is_served_cacheable_and_readable_from_any_origin() {
     assert_eq!(again.headers()["etag"], etag.as_str());
     app.stop().await;
 }
+
+/// Without `TOKIO_WORKER_THREADS`, a Redis on this machine (a loopback URL) gets a core of its own:
+/// one worker fewer than cores (at least one); a Redis elsewhere, one per core. The setting wins.
+#[test]
+fn a_core_is_spared_for_a_redis_on_this_machine_unless_told_otherwise() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers_at_start = |redis_url: &str, threads: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sse-notify"));
+        command
+            .env_clear()
+            .env("AUTH_MODE", "gateway")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("REDIS_URL", redis_url)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped());
+        if let Some(threads) = threads {
+            command.env("TOKIO_WORKER_THREADS", threads);
+        }
+        let mut child = command.spawn().unwrap();
+        // It says so as it starts listening, before it has reached Redis (none runs here).
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut workers = None;
+        for line in lines {
+            let line = line.unwrap();
+            if let Some(at) = line.find("listening") {
+                workers = line[at..]
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("workers="))
+                    .map(|n| n.parse::<usize>().unwrap());
+                break;
+            }
+            assert!(Instant::now() < deadline, "no `listening` line within 10 s");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        workers.expect("the `listening` line names its workers")
+    };
+    assert_eq!(
+        workers_at_start("redis://127.0.0.1:1", None),
+        cores.saturating_sub(1).max(1)
+    );
+    assert_eq!(workers_at_start("redis://redis.invalid:6379", None), cores);
+    assert_eq!(workers_at_start("redis://127.0.0.1:1", Some("3")), 3);
+}
