@@ -61,7 +61,7 @@ out.append(f"- Machine: {os.environ.get('BENCH_MACHINE', '?')}. Servers, Redis a
            "share these cores, so every figure includes the load generator's own CPU (reported below).")
 out.append(f"- Versions: {os.environ.get('BENCH_VERSIONS', '?')}.")
 out.append("- Each server gets a fresh Redis of its own (no persistence); sse-notify with its defaults "
-           "(release build, a worker thread per core); Nchan with one nginx worker and its Redis store "
+           "(release build, a worker thread per core less one for the Redis on the same machine: one here); Nchan with one nginx worker and its Redis store "
            "(`bench/nchan.conf`). Scenarios run in alternation, medians of the runs.")
 out.append("")
 
