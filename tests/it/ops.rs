@@ -428,24 +428,28 @@ fn a_core_is_spared_for_a_redis_on_this_machine_unless_told_otherwise() {
             command.env("TOKIO_WORKER_THREADS", threads);
         }
         let mut child = command.spawn().unwrap();
-        // It says so as it starts listening, before it has reached Redis (none runs here).
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut workers = None;
-        for line in lines {
-            let line = line.unwrap();
-            if let Some(at) = line.find("listening") {
-                workers = line[at..]
-                    .split_whitespace()
-                    .find_map(|field| field.strip_prefix("workers="))
-                    .map(|n| n.parse::<usize>().unwrap());
-                break;
-            }
-            assert!(Instant::now() < deadline, "no `listening` line within 10 s");
-        }
+        // It says so as it starts listening, before it has reached Redis (none runs here). Read
+        // on a thread of its own, so a binary that never says it fails the test instead of
+        // hanging it.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let listening = BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .find(|line| line.contains(" listening "));
+            let _ = tx.send(listening);
+        });
+        let listening = rx.recv_timeout(Duration::from_secs(10));
         let _ = child.kill();
         let _ = child.wait();
-        workers.expect("the `listening` line names its workers")
+        let line = listening
+            .expect("a `listening` line within 10 s")
+            .expect("a `listening` line before the binary exited");
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix("workers="))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("the `listening` line names its workers: {line}"))
     };
     assert_eq!(
         workers_at_start("redis://127.0.0.1:1", None),
