@@ -12,7 +12,7 @@ use redis::{AsyncConnectionConfig, Value};
 
 use super::{
     CONNECT_TIMEOUT, RESPONSE_TIMEOUT, Store, StoreError, borrowed, entries, entry, keys, parse_id,
-    parse_optional_id, scripts, wire, wire_fields,
+    parse_optional_id, scripts, wire,
 };
 use crate::model::{Entry, MemberId, ReadState, StreamId};
 
@@ -336,32 +336,26 @@ async fn read_on_wire(
     args.extend(ids.iter().map(|id| id.as_bytes()));
     let mut request = Vec::with_capacity(256);
     wire::command(&mut request, &args);
-    let decode = |mut replies: Vec<wire::Reply<'_>>| -> Result<_, StoreError> {
-        let streams = replies.pop().unwrap_or(wire::Reply::Nil).into_array()?;
-        let mut batches = Vec::with_capacity(streams.len());
-        for stream in streams {
-            let [key, entries]: [wire::Reply<'_>; 2] = stream
-                .into_array()?
-                .try_into()
-                .map_err(|_| StoreError::Reply("XREAD stream is not a pair"))?;
-            let partition = partition_named(positions, key.bytes()?)?;
-            let live = entries
-                .into_array()?
-                .into_iter()
-                .map(|item| {
-                    let [id, fields]: [wire::Reply<'_>; 2] = item
-                        .into_array()?
-                        .try_into()
-                        .map_err(|_| StoreError::Reply("stream entry is not a pair"))?;
-                    let id = parse_id(id.bytes()?)?;
-                    Ok(tolerant_live_entry(id, &wire_fields(&fields.into_array()?)))
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
+    let decode = |mut replies: wire::Replies<'_>| -> Result<_, StoreError> {
+        let streams = replies.array()?.unwrap_or(0);
+        let mut batches = Vec::with_capacity(streams.min(positions.len()));
+        let mut fields = Vec::with_capacity(6);
+        for _ in 0..streams {
+            if replies.array()? != Some(2) {
+                return Err(StoreError::Reply("XREAD stream is not a pair"));
+            }
+            let partition = partition_named(positions, replies.next()?.bytes()?)?;
+            let count = replies.array()?.unwrap_or(0);
+            let mut live = Vec::with_capacity(count.min(replies.room()));
+            for _ in 0..count {
+                let id = parse_id(replies.entry(&mut fields)?)?;
+                live.push(tolerant_live_entry(id, &fields));
+            }
             batches.push((partition, live));
         }
         Ok(batches)
     };
-    wire.exchange(&request, 1, block + RESPONSE_TIMEOUT, decode)
+    wire.exchange_streamed(&request, 1, block + RESPONSE_TIMEOUT, decode)
         .await
 }
 

@@ -681,25 +681,23 @@ impl Store {
             wire::command(&mut request, &[b"EXEC"]);
             request
         };
-        let decode = |replies: Vec<wire::Reply<'_>>| -> Result<_, StoreError> {
-            let [multi, queued, also_queued, exec]: [wire::Reply<'_>; 4] = replies
-                .try_into()
-                .map_err(|_| StoreError::Reply("replay transaction returned the wrong shape"))?;
-            for reply in [multi, queued, also_queued] {
-                reply.bytes()?; // an error: NOSCRIPT at queueing, say
+        let decode = |mut replies: wire::Replies<'_>| -> Result<_, StoreError> {
+            for _ in 0..3 {
+                replies.next()?.bytes()?; // OK, QUEUED, QUEUED; an error: NOSCRIPT at queueing, say
             }
-            let [state, page]: [wire::Reply<'_>; 2] = exec
-                .into_array()?
-                .try_into()
-                .map_err(|_| StoreError::Reply("replay transaction returned the wrong shape"))?;
-            let state = state.into_array()?;
+            if replies.array()? != Some(2) {
+                return Err(StoreError::Reply(
+                    "replay transaction returned the wrong shape",
+                ));
+            }
+            let state = replies.next()?.into_array()?;
             if let Some(wire::Reply::Error(message)) =
                 state.iter().find(|r| matches!(r, wire::Reply::Error(_)))
             {
                 return Err(wire::WireError::server(message).into());
             }
             let state = state.iter().map(wire_value).collect();
-            Ok((state, wire_entries(page)?))
+            Ok((state, wire_entries(&mut replies)?))
         };
         let held = self.inner.replay_held.load(Ordering::Relaxed);
         let result = match self.on_wire(&request(!held), 4, &decode).await? {
@@ -775,7 +773,7 @@ impl Store {
         &self,
         request: &[u8],
         replies: usize,
-        decode: &impl Fn(Vec<wire::Reply<'_>>) -> Result<T, StoreError>,
+        decode: &impl Fn(wire::Replies<'_>) -> Result<T, StoreError>,
     ) -> Option<Result<T, StoreError>> {
         let info = self.inner.wire_to.as_ref()?;
         let kept = self.idle_wires().pop();
@@ -795,7 +793,7 @@ impl Store {
             },
         };
         let mut result = wire
-            .exchange(request, replies, RESPONSE_TIMEOUT, decode)
+            .exchange_streamed(request, replies, RESPONSE_TIMEOUT, decode)
             .await;
         if reused && matches!(&result, Err(StoreError::Wire(error)) if error.connection_lost()) {
             self.idle_wires().clear();
@@ -804,7 +802,7 @@ impl Store {
                 Err(error) => return Some(Err(error)),
             };
             result = wire
-                .exchange(request, replies, RESPONSE_TIMEOUT, decode)
+                .exchange_streamed(request, replies, RESPONSE_TIMEOUT, decode)
                 .await;
         }
         // Whole replies were read unless the connection itself failed.
@@ -914,9 +912,7 @@ impl Store {
                 count.as_bytes(),
             ],
         );
-        let decode = |mut replies: Vec<wire::Reply<'_>>| {
-            wire_entries(replies.pop().unwrap_or(wire::Reply::Nil))
-        };
+        let decode = |mut replies: wire::Replies<'_>| wire_entries(&mut replies);
         if let Some(read) = self.on_wire(&request, 1, &decode).await {
             return read;
         }
@@ -1070,31 +1066,16 @@ fn borrowed(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
         .collect()
 }
 
-/// A stream entry's fields, read on a connection of our own (`[field, value, ...]`).
-fn wire_fields<'a>(fields: &[wire::Reply<'a>]) -> Vec<(&'a [u8], &'a [u8])> {
-    fields
-        .chunks_exact(2)
-        .map_while(|pair| Some((pair[0].bytes().ok()?, pair[1].bytes().ok()?)))
-        .collect()
-}
-
-/// A member stream range read on the replay's own connection, decoded in place.
-fn wire_entries(page: wire::Reply<'_>) -> Result<Vec<Entry>, StoreError> {
-    page.into_array()?
-        .into_iter()
-        .map(|item| {
-            let wire::Reply::Array(pair) = item else {
-                return Err(StoreError::Reply("stream entry is not a pair"));
-            };
-            let [id, wire::Reply::Array(fields)]: [wire::Reply<'_>; 2] = pair
-                .try_into()
-                .map_err(|_| StoreError::Reply("stream entry is not a pair"))?
-            else {
-                return Err(StoreError::Reply("stream entry is not a pair"));
-            };
-            entry(parse_id(id.bytes()?)?, wire_fields(&fields))
-        })
-        .collect()
+/// A member stream range read on the replay's own connection, each entry decoded in place.
+fn wire_entries(replies: &mut wire::Replies<'_>) -> Result<Vec<Entry>, StoreError> {
+    let count = replies.array()?.unwrap_or(0);
+    let mut entries = Vec::with_capacity(count.min(replies.room()));
+    let mut fields = Vec::with_capacity(4);
+    for _ in 0..count {
+        let id = parse_id(replies.entry(&mut fields)?)?;
+        entries.push(entry(id, fields.iter().copied())?);
+    }
+    Ok(entries)
 }
 
 /// A short reply of the replay's own connection as the redis crate would have given it (the

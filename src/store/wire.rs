@@ -2,8 +2,9 @@
 //! decoded in place: the redis crate parses every reply into a `Value` tree (a `Vec` per bulk
 //! string) with a general combinator parser, and in a reconnect storm that was 40% of the
 //! server's CPU. Here a reply is first scanned for completeness as it arrives (nothing
-//! allocated), then read once into [`Reply`]s that borrow the buffer, so a stream entry costs its
-//! `Entry` and nothing more.
+//! allocated), then read once, borrowing the buffer: a stream range entry by entry through
+//! [`Replies`], so a stream entry costs its `Entry` and nothing more, short replies as [`Reply`]
+//! trees.
 //!
 //! Only what those need: RESP2 (no `HELLO`), `AUTH` and `SELECT` as the URL says. A
 //! `rediss://` or unix-socket Redis keeps the redis crate's connections ([`Wire::connect`] says
@@ -188,14 +189,29 @@ impl Wire {
     }
 
     /// Sends `request` (commands encoded by [`command`]), waits for its `replies` replies and
-    /// hands them to `decode`. After an error the connection is not to be used again: a reply
-    /// may be left half read.
+    /// hands them to `decode` as trees. After an error the connection is not to be used again: a
+    /// reply may be left half read.
     pub async fn exchange<T, E: From<WireError>>(
         &mut self,
         request: &[u8],
         replies: usize,
         timeout: Duration,
         decode: impl FnOnce(Vec<Reply<'_>>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.exchange_streamed(request, replies, timeout, |mut read| {
+            decode(read.take(replies)?)
+        })
+        .await
+    }
+
+    /// [`Wire::exchange`], the replies handed over as a cursor: a stream range is read entry by
+    /// entry, with no tree (an allocation per array) in between.
+    pub async fn exchange_streamed<T, E: From<WireError>>(
+        &mut self,
+        request: &[u8],
+        replies: usize,
+        timeout: Duration,
+        decode: impl FnOnce(Replies<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         self.buf.clear();
         let socket = &mut self.socket;
@@ -213,15 +229,109 @@ impl Wire {
         })
         .await
         .map_err(|_| WireError::Timeout(timeout))??;
-        let mut at = 0;
-        let parsed = (0..replies)
-            .map(|_| parse(&self.buf, &mut at, 0))
-            .collect::<Result<Vec<_>, WireError>>()?;
-        let decoded = decode(parsed);
+        let decoded = decode(Replies {
+            buf: &self.buf,
+            at: 0,
+        });
         if self.buf.capacity() > KEPT_BUFFER {
             self.buf = Vec::new();
         }
         decoded
+    }
+}
+
+/// The replies of one exchange, read in order from the buffer (scanned whole first, so every
+/// element the replies hold is complete): element by element, or as trees.
+pub struct Replies<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Replies<'a> {
+    /// The next element, whole.
+    pub fn next(&mut self) -> Result<Reply<'a>, WireError> {
+        parse(self.buf, &mut self.at, 0)
+    }
+
+    /// The next `n` elements, whole.
+    pub fn take(&mut self, n: usize) -> Result<Vec<Reply<'a>>, WireError> {
+        (0..n).map(|_| self.next()).collect()
+    }
+
+    /// The next element as an array's head: its length (nil: none), its elements next.
+    pub fn array(&mut self) -> Result<Option<usize>, WireError> {
+        let Header { kind, text, end } =
+            header(self.buf, self.at)?.ok_or(WireError::Protocol("reply cut short"))?;
+        self.at = end;
+        match kind {
+            b'*' => length(text),
+            b'$' if text == b"-1" => Ok(None),
+            b'-' => Err(WireError::server(text)),
+            _ => Err(WireError::Protocol("expected an array")),
+        }
+    }
+
+    /// The most elements that can follow (each takes 3 bytes at least): a bound for a capacity
+    /// taken from a count the reply declares.
+    pub fn room(&self) -> usize {
+        (self.buf.len() - self.at) / 3
+    }
+
+    /// The next element as a stream entry, `[id, [field, value, ...]]`: its id, and its fields
+    /// in `fields` (cleared first) up to the first that is not a pair of strings. The entry is
+    /// read whole either way, so the next element is the one after it.
+    pub fn entry(&mut self, fields: &mut Vec<(&'a [u8], &'a [u8])>) -> Result<&'a [u8], WireError> {
+        if self.array()? != Some(2) {
+            return Err(WireError::Protocol("stream entry is not a pair"));
+        }
+        let id = self.string()?;
+        fields.clear();
+        let n = self.array()?.unwrap_or(0);
+        let mut strings = true;
+        for _ in 0..n / 2 {
+            match (self.string(), self.string()) {
+                (Ok(name), Ok(value)) if strings => fields.push((name, value)),
+                _ => strings = false,
+            }
+        }
+        if n % 2 == 1 {
+            self.next()?;
+        }
+        Ok(id)
+    }
+
+    /// The next element as a string (bulk or status); an error reply is the server's error, and
+    /// anything else is read past and refused.
+    pub fn string(&mut self) -> Result<&'a [u8], WireError> {
+        if let Some(bytes) = self.bulk() {
+            return Ok(bytes);
+        }
+        self.next()?.bytes()
+    }
+
+    /// A bulk string of up to 8 digits of length, read in one pass (the fields of a stream
+    /// entry); `None`, having read nothing, for anything else.
+    fn bulk(&mut self) -> Option<&'a [u8]> {
+        let rest = self.buf.get(self.at..)?;
+        let (b'$', digits) = rest.split_first()? else {
+            return None;
+        };
+        let mut len = 0;
+        let mut i = 0;
+        while let Some(&digit @ b'0'..=b'9') = digits.get(i) {
+            len = len * 10 + usize::from(digit - b'0');
+            i += 1;
+            if i > 8 {
+                return None;
+            }
+        }
+        let body = digits.get(i..)?.strip_prefix(b"\r\n").filter(|_| i > 0)?;
+        let bytes = body.get(..len)?;
+        if body.get(len..len + 2)? != b"\r\n" {
+            return None;
+        }
+        self.at += 1 + i + 2 + len + 2;
+        Some(bytes)
     }
 }
 
@@ -313,7 +423,8 @@ fn header(buf: &[u8], at: usize) -> Result<Option<Header<'_>>, WireError> {
     let Some(rest) = buf.get(at..).filter(|rest| !rest.is_empty()) else {
         return Ok(None);
     };
-    let Some(cr) = memchr::memchr(b'\r', rest) else {
+    // Header lines are short (a length, an integer, a status): a plain loop beats memchr's setup.
+    let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
         return Ok(None);
     };
     match rest.get(cr + 1) {
@@ -480,6 +591,71 @@ mod tests {
         assert_eq!(replies[1], Reply::Nil);
         let error = replies[2].bytes().expect_err("an error reply");
         assert!(error.is_noscript(), "{error}");
+    }
+
+    /// Reads `wire` (scanned whole first) with a cursor.
+    fn cursor(wire: &[u8], replies: usize) -> Replies<'_> {
+        assert!(Scan::new(replies).advance(wire).expect("valid"));
+        Replies { buf: wire, at: 0 }
+    }
+
+    #[test]
+    fn stream_entries_read_in_place_field_by_field() {
+        // A range of three entries: plain; with a nil field value (the rest is not kept, the
+        // entry is still read past); with an odd field count and a length of 9 digits' room.
+        let long = "x".repeat(12);
+        let wire = format!(
+            "*3\r\n*2\r\n$3\r\n1-1\r\n*4\r\n$1\r\np\r\n$0\r\n\r\n$1\r\nc\r\n$2\r\n{{}}\r\n\
+             *2\r\n+2-1\r\n*4\r\n$1\r\nt\r\n$-1\r\n$1\r\nc\r\n$1\r\n1\r\n\
+             *2\r\n$3\r\n3-1\r\n*3\r\n$1\r\nc\r\n$000000012\r\n{long}\r\n:7\r\n\
+             +OK\r\n"
+        );
+        let mut replies = cursor(wire.as_bytes(), 2);
+        let mut fields = Vec::new();
+        assert_eq!(replies.array().expect("array"), Some(3));
+        assert_eq!(replies.entry(&mut fields).expect("entry"), b"1-1");
+        assert_eq!(fields, [(&b"p"[..], &b""[..]), (b"c", b"{}")]);
+        assert_eq!(replies.entry(&mut fields).expect("entry"), b"2-1");
+        assert!(fields.is_empty(), "{fields:?}");
+        assert_eq!(replies.entry(&mut fields).expect("entry"), b"3-1");
+        assert_eq!(fields, [(&b"c"[..], long.as_bytes())]);
+        assert_eq!(
+            replies.next().expect("the next reply"),
+            Reply::Status(b"OK")
+        );
+    }
+
+    #[test]
+    fn a_cursor_refuses_what_is_not_there() {
+        let mut replies = cursor(b"*-1\r\n$-1\r\n-ERR no\r\n:1\r\n*1\r\n:2\r\n", 5);
+        assert_eq!(replies.array().expect("nil array"), None);
+        assert_eq!(replies.array().expect("nil bulk"), None);
+        let error = replies.array().expect_err("an error reply");
+        assert!(
+            matches!(error, WireError::Server(ref m) if m == "ERR no"),
+            "{error}"
+        );
+        assert!(replies.array().is_err(), "an integer is no array");
+        let mut fields = Vec::new();
+        assert!(replies.entry(&mut fields).is_err(), "an entry is a pair");
+        assert!(
+            Replies {
+                buf: b"$2\r\nab",
+                at: 0
+            }
+            .string()
+            .is_err(),
+            "cut short"
+        );
+        assert!(
+            Replies {
+                buf: b"$1\r\nab\r\n",
+                at: 0
+            }
+            .string()
+            .is_err(),
+            "CRLF misplaced"
+        );
     }
 
     #[test]
