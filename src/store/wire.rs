@@ -309,29 +309,12 @@ impl<'a> Replies<'a> {
         self.next()?.bytes()
     }
 
-    /// A bulk string of up to 8 digits of length, read in one pass (the fields of a stream
-    /// entry); `None`, having read nothing, for anything else.
+    /// The next element if it is a bulk string [`bulk_at`] reads; else `None`, having read
+    /// nothing.
     fn bulk(&mut self) -> Option<&'a [u8]> {
-        let rest = self.buf.get(self.at..)?;
-        let (b'$', digits) = rest.split_first()? else {
-            return None;
-        };
-        let mut len = 0;
-        let mut i = 0;
-        while let Some(&digit @ b'0'..=b'9') = digits.get(i) {
-            len = len * 10 + usize::from(digit - b'0');
-            i += 1;
-            if i > 8 {
-                return None;
-            }
-        }
-        let body = digits.get(i..)?.strip_prefix(b"\r\n").filter(|_| i > 0)?;
-        let bytes = body.get(..len)?;
-        if body.get(len..len + 2)? != b"\r\n" {
-            return None;
-        }
-        self.at += 1 + i + 2 + len + 2;
-        Some(bytes)
+        let (start, end) = bulk_at(self.buf, self.at)?;
+        self.at = end + 2;
+        Some(&self.buf[start..end])
     }
 }
 
@@ -381,6 +364,11 @@ impl Scan {
             let Some(left) = self.left.last_mut() else {
                 return Ok(true);
             };
+            if let Some((_, end)) = bulk_at(buf, self.at) {
+                *left -= 1;
+                self.at = end + 2;
+                continue;
+            }
             let Some(Header {
                 kind,
                 text,
@@ -409,6 +397,30 @@ impl Scan {
             }
         }
     }
+}
+
+/// The bytes (start, end) of the bulk string at `at` when it has a length of up to 8 digits and
+/// is whole in `buf`, read in one pass: most elements of a stream range are such strings.
+/// `None` for anything else, which the general path (`header`) then reads or refuses.
+#[inline]
+fn bulk_at(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let (b'$', rest) = buf.get(at..)?.split_first()? else {
+        return None;
+    };
+    let mut len = 0;
+    let mut digits = 0;
+    while let Some(&digit @ b'0'..=b'9') = rest.get(digits) {
+        len = len * 10 + usize::from(digit - b'0');
+        digits += 1;
+        if digits > 8 {
+            return None;
+        }
+    }
+    if digits == 0 || rest.get(digits..digits + 2)? != b"\r\n" {
+        return None;
+    }
+    let start = at + 1 + digits + 2;
+    (buf.get(start + len..start + len + 2)? == b"\r\n").then_some((start, start + len))
 }
 
 /// An element's first line: its type byte, the line's text and where the line ends.
